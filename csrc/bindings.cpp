@@ -1,0 +1,241 @@
+// bindings: the only door between Python and the C++ core (module glass_edge._core).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <stdexcept>
+
+#include "ffn_layout.h"
+#include "ffn_weights.h"
+#include "kernels/down_axpy.h"
+#include "kernels/gather_matvec.h"
+#include "kernels/stats.h"
+#include "masks.h"
+#include "plugin.h"
+
+namespace py = pybind11;
+using namespace glass;
+
+using f32_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using i32_array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using u8_array  = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+// ---------------------------------------------------------------------------------------------
+// Model: the FFN weights of one loaded llama_model
+// ---------------------------------------------------------------------------------------------
+
+struct py_model {
+    std::shared_ptr<ffn_model> m = std::make_shared<ffn_model>();
+};
+
+static py_model model_from_loaded() {
+    py_model pm;
+    const std::string err = ffn_model_build(*pm.m, plugin_weights_take());
+    if (!err.empty()) {
+        throw std::runtime_error(err);
+    }
+    return pm;
+}
+
+static py::list model_layers(const py_model & pm) {
+    py::list out;
+    for (const ffn_layer & L : pm.m->layers) {
+        py::dict d;
+        d["n_embd"] = L.n_embd;
+        d["n_ff"] = L.n_ff;
+        d["gate_in_up"] = L.gate_in_up;
+        d["up_type"] = L.up ? ggml_type_name(L.up->type) : "";
+        d["gate_type"] = L.gate ? ggml_type_name(L.gate->type) : "";
+        d["down_type"] = L.down ? ggml_type_name(L.down->type) : "";
+        out.append(d);
+    }
+    return out;
+}
+
+static f32_array model_col_norm(const py_model & pm, int il) {
+    const down_layout & lay = pm.m->layers.at(il).layout;
+    f32_array out((py::ssize_t) lay.col_norm.size());
+    std::memcpy(out.mutable_data(), lay.col_norm.data(), lay.col_norm.size() * sizeof(float));
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Context: masks and statistics of one llama_context
+// ---------------------------------------------------------------------------------------------
+
+struct py_context {
+    std::shared_ptr<glass_context> g;
+};
+
+static void context_set_mask(py_context & pc, int il, const i32_array & idx) {
+    if (!pc.g->model) {
+        throw std::runtime_error("context is not bound to a model");
+    }
+    const auto & layers = pc.g->model->layers;
+    if (il < 0 || il >= (int) layers.size() || layers[il].n_ff == 0) {
+        throw std::out_of_range("layer " + std::to_string(il) + " has no sparse FFN");
+    }
+    const int32_t * p = idx.data();
+    const int64_t k = idx.size();
+    for (int64_t i = 0; i < k; ++i) {
+        if (p[i] < 0 || p[i] >= layers[il].n_ff || (i > 0 && p[i] <= p[i - 1])) {
+            throw std::invalid_argument("mask indices must be ascending, unique and in [0, n_ff)");
+        }
+    }
+    pc.g->mask_set(il, p, k);
+}
+
+static py::list context_stats(const py_context & pc, bool impact) {
+    py::list out;
+    const auto & sums = impact ? pc.g->imp_sum : pc.g->act_sum;
+    for (const auto & s : sums) {
+        f32_array a((py::ssize_t) s.size());
+        std::memcpy(a.mutable_data(), s.data(), s.size() * sizeof(float));
+        out.append(a);
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// kernels on raw arrays, for the tests (numpy references) and benchmarks
+// ---------------------------------------------------------------------------------------------
+
+// A 2-D ggml tensor header over caller-owned bytes: n_rows rows of n_cols values of `type`.
+static ggml_tensor tensor_over(void * data, ggml_type type, int64_t n_cols, int64_t n_rows) {
+    ggml_tensor t;
+    std::memset(&t, 0, sizeof(t));
+    t.type = type;
+    t.ne[0] = n_cols; t.ne[1] = n_rows; t.ne[2] = 1; t.ne[3] = 1;
+    t.nb[0] = ggml_type_size(type);
+    t.nb[1] = ggml_row_size(type, n_cols);
+    t.nb[2] = t.nb[1] * n_rows;
+    t.nb[3] = t.nb[2];
+    t.data = data;
+    return t;
+}
+
+static f32_array kernel_gather_matvec(const u8_array & w, int type, int64_t n_cols, const f32_array & x,
+                                      const i32_array & rows) {
+    const row_dot rd = row_dot_for((ggml_type) type, n_cols);
+    if (!rd.ok) {
+        throw std::invalid_argument("ggml has no CPU dot product for this type and row length");
+    }
+    const size_t row_bytes = ggml_row_size((ggml_type) type, n_cols);
+    const int64_t n_rows = (int64_t) (w.size() / row_bytes);
+    if (x.size() != n_cols || (size_t) w.size() != row_bytes * n_rows) {
+        throw std::invalid_argument("weight bytes or x length do not match n_cols");
+    }
+    for (int64_t i = 0; i < rows.size(); ++i) {
+        if (rows.data()[i] < 0 || rows.data()[i] >= n_rows) {
+            throw std::out_of_range("row index out of range");
+        }
+    }
+    std::vector<uint8_t> xq(rd.x_row_bytes);
+    row_dot_convert_x(rd, x.data(), xq.data());
+    f32_array out(n_rows);
+    std::fill(out.mutable_data(), out.mutable_data() + n_rows, 0.0f);
+    gather_matvec(rd, w.data(), row_bytes, rows.data(), rows.size(), xq.data(), out.mutable_data());
+    return out;
+}
+
+// Builds the down layout from ggml bytes (n_embd rows of n_ff values) and applies it to h.
+static py::tuple kernel_down(const u8_array & w, int type, int64_t n_ff, int64_t n_embd, const f32_array & h,
+                             const i32_array & idx, bool reference) {
+    if ((size_t) w.size() != ggml_row_size((ggml_type) type, n_ff) * n_embd || h.size() != n_ff) {
+        throw std::invalid_argument("weight bytes or h length do not match n_ff x n_embd");
+    }
+    ggml_tensor t = tensor_over((void *) w.data(), (ggml_type) type, n_ff, n_embd);
+    down_layout lay;
+    down_layout_build(lay, &t, 2);
+    std::vector<float> y(lay.n_blk * NM_BLOCK, 0.0f);
+    (reference ? down_axpy_ref : down_axpy)(lay.view(), idx.data(), idx.size(), h.data(), y.data(), 0, lay.n_blk);
+    f32_array out(n_embd);
+    std::memcpy(out.mutable_data(), y.data(), n_embd * sizeof(float));
+    f32_array norms(n_ff);
+    std::memcpy(norms.mutable_data(), lay.col_norm.data(), n_ff * sizeof(float));
+    return py::make_tuple(out, norms);
+}
+
+static py::tuple kernel_stats(const f32_array & h, const f32_array & col_norm) {
+    if (h.ndim() != 2 || col_norm.size() != h.shape(1)) {
+        throw std::invalid_argument("h must be [n_tok, n_ff] and col_norm [n_ff]");
+    }
+    const int64_t n_tok = h.shape(0), n_ff = h.shape(1);
+    std::vector<float> ia(n_tok), ii(n_tok);
+    f32_array act(n_ff), imp(n_ff);
+    std::fill(act.mutable_data(), act.mutable_data() + n_ff, 0.0f);
+    std::fill(imp.mutable_data(), imp.mutable_data() + n_ff, 0.0f);
+    stats_token_norms(h.data(), n_ff, n_ff, 0, n_tok, col_norm.data(), ia.data(), ii.data());
+    stats_accumulate(h.data(), n_ff, 0, n_tok, col_norm.data(), ia.data(), ii.data(), 0, n_ff,
+                     act.mutable_data(), imp.mutable_data());
+    return py::make_tuple(act, imp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// module
+// ---------------------------------------------------------------------------------------------
+
+#ifndef GLASS_LLAMA_CPP_VERSION
+#error "GLASS_LLAMA_CPP_VERSION must name the llama-cpp-python version the headers come from"
+#endif
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "glass-edge C++ core: the GLASS ggml backend device, sparse FFN kernels, statistics";
+
+    m.attr("built_against_llama_cpp") = GLASS_LLAMA_CPP_VERSION;
+    m.attr("ggml_backend_api_version") = plugin_backend_api_version();
+    m.def("register_plugin", &plugin_register, "Register the GLASS device with llama.cpp's ggml");
+    m.def("down_axpy_path", &down_axpy_path);
+    m.def("weights_begin", &plugin_weights_begin, "Forget FFN weights seen so far (call before a load)");
+
+    py::class_<py_model>(m, "Model")
+        .def_static("from_loaded", &model_from_loaded, "The FFN weights of the model just loaded")
+        .def_property_readonly("n_layer", [](const py_model & pm) { return pm.m->layers.size(); })
+        .def_property_readonly("layers", &model_layers)
+        .def_property_readonly("prepared", [](const py_model & pm) { return pm.m->prepared; })
+        .def("prepare", [](py_model & pm, int n_threads) {
+            py::gil_scoped_release release;
+            ffn_model_prepare(*pm.m, n_threads);
+        }, py::arg("n_threads"))
+        .def("layout_bytes", [](const py_model & pm) {
+            size_t b = 0;
+            for (const auto & L : pm.m->layers) b += L.layout.bytes();
+            return b;
+        })
+        .def("col_norm", &model_col_norm);
+
+    py::class_<py_context>(m, "Context")
+        .def(py::init([]() { return py_context{std::make_shared<glass_context>()}; }))
+        .def("bind", [](py_context & pc, const py_model & pm) {
+            if (!pm.m->prepared) {
+                throw std::runtime_error("prepare() the model before binding a context to it");
+            }
+            pc.g->bind(pm.m);
+        })
+        .def("expect", [](py_context & pc) { plugin_context_expect(pc.g); },
+             "The next llama_context created takes this glass context")
+        .def_static("attached", &plugin_context_attached)
+        .def("set_mask", &context_set_mask, py::arg("layer"), py::arg("indices"))
+        .def("clear_masks", [](py_context & pc) { pc.g->masks_clear(); })
+        .def_property_readonly("any_mask", [](const py_context & pc) { return pc.g->any_mask; })
+        .def("stats_begin", [](py_context & pc, bool skip_first, int64_t first_rows) {
+            if (!pc.g->model) {
+                throw std::runtime_error("context is not bound to a model");
+            }
+            pc.g->stats_begin(skip_first, first_rows);
+        }, py::arg("skip_first"), py::arg("first_rows"))
+        .def("stats_end", [](py_context & pc) { pc.g->stats_end(); })
+        .def_property_readonly("bound", [](const py_context & pc) { return (bool) pc.g->model; })
+        .def("act_stats", [](const py_context & pc) { return context_stats(pc, false); })
+        .def("imp_stats", [](const py_context & pc) { return context_stats(pc, true); })
+        .def("stats_rows", [](const py_context & pc) { return pc.g->stats_rows; })
+        .def_property_readonly("n_sparse_ops", [](const py_context & pc) { return pc.g->n_sparse_ops.load(); })
+        .def_property_readonly("n_dense_graphs", [](const py_context & pc) { return pc.g->n_dense_graphs.load(); });
+
+    m.def("kernel_gather_matvec", &kernel_gather_matvec, py::arg("w"), py::arg("type"), py::arg("n_cols"),
+          py::arg("x"), py::arg("rows"));
+    m.def("kernel_down", &kernel_down, py::arg("w"), py::arg("type"), py::arg("n_ff"), py::arg("n_embd"),
+          py::arg("h"), py::arg("idx"), py::arg("reference") = false);
+    m.def("kernel_stats", &kernel_stats, py::arg("h"), py::arg("col_norm"));
+}

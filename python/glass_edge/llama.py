@@ -1,0 +1,140 @@
+"""GlassLlama: a drop-in `llama_cpp.Llama` whose decode runs sparse FFNs.
+
+One generation, as the data flows:
+  prefill (stock llama.cpp, dense)  -> statistics (C, collected by the plug-in during prefill)
+  -> numpy arrays -> selection (selection.py) -> masks installed in the plug-in
+  -> decode (the plug-in computes only the kept neurons) ... until the next prefill clears them.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from typing import Optional
+
+import llama_cpp
+import numpy as np
+
+from . import _core
+from .selection import NEEDS_LOCAL, NEEDS_PRIOR, check_density, check_lambda, check_method, select
+
+# Model loads and context creations hand weights / contexts to the plug-in through process-wide
+# slots: one GlassLlama constructor at a time.
+_construct_lock = threading.Lock()
+
+DEFAULT_LAMBDA = 0.5
+
+
+class GlassLlama(llama_cpp.Llama):
+    """`llama_cpp.Llama` plus `density` (fraction of FFN neurons kept per layer, 0 < d <= 1),
+    `method` (see selection.METHODS), `lam` (GLASS rank-aggregation weight) and `prior`."""
+
+    def __init__(self, model_path: str, *args, density: float = 0.5, method: str = "griffin",
+                 lam: Optional[float] = None, prior=None, **kwargs):
+        self.density = check_density(density)
+        self.method = check_method(method)
+        self.lam = DEFAULT_LAMBDA if lam is None else check_lambda(lam)
+        self.prior = prior
+        if self.method in NEEDS_PRIOR and prior is None:
+            raise ValueError(f"method {method!r} needs a global prior (pass prior=...)")
+        self._glass_ctx = _core.Context()
+        with _construct_lock:
+            _core.weights_begin()
+            self._glass_ctx.expect()
+            try:
+                super().__init__(model_path, *args, **kwargs)
+            finally:
+                attached = _core.Context.attached()
+            self._glass_model = _core.Model.from_loaded()
+        if not attached:
+            raise RuntimeError("glass-edge: llama.cpp did not create a GLASS backend for this context")
+        self._glass_model.prepare(self.n_threads)
+        self._glass_ctx.bind(self._glass_model)
+        self._n_ff = [layer["n_ff"] for layer in self._glass_model.layers]
+        if not any(self._n_ff):
+            arch = self.metadata.get("general.architecture", "?")
+            warnings.warn(f"glass-edge: no dense FFN weights found in this {arch} model; it runs dense",
+                          stacklevel=2)
+        self._prefill_pending = False
+        self._stats_tokens: list = []   # the prompt tokens the kept statistics cover, from position 0
+        self._stats_act = None
+        self._stats_imp = None
+        self._stats_rows = None
+        self.last_masks: list = []
+        self.last_mask_ms = 0.0
+
+    # ------------------------------------------------------------------------------------------
+    # generation hooks: the first eval() of each generate() is the prefill
+    # ------------------------------------------------------------------------------------------
+
+    def generate(self, tokens, *args, **kwargs):
+        self._prefill_pending = True
+        yield from super().generate(tokens, *args, **kwargs)
+
+    def eval(self, tokens):
+        if not self._prefill_pending:
+            return super().eval(tokens)
+        self._prefill_pending = False
+        self.prefill(tokens)
+
+    def prefill(self, tokens) -> None:
+        """Evaluate prompt tokens densely (after the n_tokens already in the KV cache), collect their
+        statistics, then select and install the decode masks."""
+        tokens = list(tokens)
+        self._glass_ctx.clear_masks()
+        if not tokens:  # the whole prompt was cached: keep the statistics and masks it had
+            self._install(self._stats_act, self._stats_imp, self._stats_rows)
+            return
+        if self.method not in NEEDS_LOCAL or not any(self._n_ff):
+            super().eval(tokens)
+            self._install(None, None, None)
+            return
+        start = self.n_tokens
+        covered = len(self._stats_tokens)
+        extends = (start > 0 and covered <= start and self._stats_act is not None
+                   and list(self.input_ids[:covered]) == self._stats_tokens)
+        if start > 0 and not extends:
+            # a reused prefix whose statistics we no longer have: prefill it again
+            tokens = list(self.input_ids[:start]) + tokens
+            self.n_tokens = start = 0
+        bos = self.token_bos()
+        skip_first = start == 0 and tokens[0] == bos
+        self._glass_ctx.stats_begin(skip_first, min(len(tokens), self.context_params.n_ubatch))
+        try:
+            super().eval(tokens)
+        finally:
+            self._glass_ctx.stats_end()
+        act = [np.asarray(a, dtype=np.float64) for a in self._glass_ctx.act_stats()]
+        imp = [np.asarray(a, dtype=np.float64) for a in self._glass_ctx.imp_stats()]
+        rows = list(self._glass_ctx.stats_rows())
+        if start > 0:  # statistics are sums over tokens: add the kept prefix's
+            act = [a + b for a, b in zip(act, self._stats_act)]
+            imp = [a + b for a, b in zip(imp, self._stats_imp)]
+            rows = [a + b for a, b in zip(rows, self._stats_rows)]
+        # the KV sequence these statistics belong to (generated tokens in it were never prefilled)
+        self._stats_tokens = list(self.input_ids[: self.n_tokens])
+        self._stats_act, self._stats_imp, self._stats_rows = act, imp, rows
+        self._install(act, imp, rows)
+
+    def _install(self, act, imp, rows) -> None:
+        t0 = time.perf_counter()
+        masks = select(self.method, self.density, n_ff=self._n_ff, local_act=act, local_imp=imp,
+                       local_rows=rows, prior=self.prior, lam=self.lam)
+        for il, m in enumerate(masks):
+            if m is not None:
+                self._glass_ctx.set_mask(il, m)
+        self.last_masks = masks
+        self.last_mask_ms = (time.perf_counter() - t0) * 1e3
+
+    # ------------------------------------------------------------------------------------------
+    # introspection
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def sparse_ops(self) -> int:
+        """How many FFN matmuls the plug-in has computed sparse in this context so far."""
+        return self._glass_ctx.n_sparse_ops
+
+    def mask_densities(self) -> list:
+        """Per-layer kept fraction of the installed masks (1.0 for a dense layer)."""
+        return [1.0 if m is None else len(m) / nf for m, nf in zip(self.last_masks, self._n_ff) if nf]

@@ -1,0 +1,47 @@
+// ffn_weights: which tensors are FFN weights, and the per-model table of them.
+//
+// The plug-in owns `blk.N.ffn_{up,gate,down}.weight` of every model loaded while it is registered
+// (dense FFNs of llama, mistral, qwen2/3, gemma2/3, phi3, gpt-style up+down FFNs, ...). MoE expert
+// tensors (`ffn_*_exps`, `ffn_*_shexp`) have other names and stay with the CPU backend.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ggml.h"
+#include "ffn_layout.h"
+
+namespace glass {
+
+enum ffn_role { FFN_UP = 0, FFN_GATE = 1, FFN_DOWN = 2 };
+
+// Parses "blk.<layer>.ffn_<up|gate|down>.weight"; false for any other name.
+bool ffn_name_parse(const char * name, int * layer, ffn_role * role);
+
+struct ffn_layer {
+    ggml_tensor * up   = nullptr;
+    ggml_tensor * gate = nullptr;  // null for non-gated FFNs, and when gate rows live in `up`
+    ggml_tensor * down = nullptr;
+    int64_t n_embd = 0;
+    int64_t n_ff   = 0;
+    bool gate_in_up = false;       // phi3-style fused up: rows [0, n_ff) gate, [n_ff, 2 n_ff) up
+    down_layout layout;            // sparse-friendly copy of `down` (built by ffn_model_prepare)
+};
+
+struct ffn_model {
+    std::vector<ffn_layer> layers;  // indexed by layer id; a layer with no FFN has null tensors
+    std::unordered_map<const ggml_tensor *, std::pair<int, ffn_role>> roles;
+    bool prepared = false;
+};
+
+// Builds the table from the weight tensors placed in the plug-in's buffers during one load.
+// Returns an error message, or "" when every layer has a consistent up/down pair.
+std::string ffn_model_build(ffn_model & model, const std::vector<ggml_tensor *> & weights);
+
+// Builds the down layouts (and column norms) of every layer, with n_threads threads.
+void ffn_model_prepare(ffn_model & model, int n_threads);
+
+}  // namespace glass

@@ -1,0 +1,36 @@
+// plugin: registration of the GLASS backend device, and the hand-offs between a load / a context
+// creation in llama.cpp and the Python objects that own them.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "ggml.h"
+#include "masks.h"
+
+namespace glass {
+
+// Registers the device with the ggml that llama.cpp uses (idempotent). False when the device is
+// not visible in ggml's device list afterwards (a second copy of libggml was linked).
+bool plugin_register();
+
+// Forget the FFN weights seen so far; call right before loading a model.
+void plugin_weights_begin();
+
+// The FFN weights placed in the plug-in's buffers since plugin_weights_begin().
+std::vector<ggml_tensor *> plugin_weights_take();
+
+// The next backend llama.cpp creates (i.e. the next llama_context) gets this context.
+void plugin_context_expect(std::shared_ptr<glass_context> g);
+
+// After creating the llama_context: did it take the expected glass context?
+bool plugin_context_attached();
+
+}  // namespace glass
+
+namespace glass {
+
+// GGML_BACKEND_API_VERSION of the ggml headers this plug-in was compiled against.
+int plugin_backend_api_version();
+
+}  // namespace glass
