@@ -218,6 +218,8 @@ PYBIND11_MODULE(_core, m) {
         .def_static("attached", &plugin_context_attached)
         .def("set_mask", &context_set_mask, py::arg("layer"), py::arg("indices"))
         .def("clear_masks", [](py_context & pc) { pc.g->masks_clear(); })
+        .def_property("force_sparse_kernels", [](const py_context & pc) { return pc.g->force_sparse_kernels; },
+                      [](py_context & pc, bool v) { pc.g->force_sparse_kernels = v; })
         .def_property_readonly("any_mask", [](const py_context & pc) { return pc.g->any_mask; })
         .def("stats_begin", [](py_context & pc, bool skip_first, int64_t first_rows) {
             if (!pc.g->model) {

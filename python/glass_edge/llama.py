@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import llama_cpp
@@ -23,6 +24,25 @@ from .selection import NEEDS_LOCAL, NEEDS_PRIOR, check_density, check_lambda, ch
 _construct_lock = threading.Lock()
 
 DEFAULT_LAMBDA = 0.5
+
+
+@dataclass
+class Timings:
+    """Wall-clock time of the last generation: dense prompt evaluation, mask selection and
+    installation, and the (sparse) decode steps; sampling is not included, as in llama.cpp."""
+    prompt_ms: float = 0.0
+    prompt_tokens: int = 0
+    mask_ms: float = 0.0
+    eval_ms: float = 0.0
+    eval_tokens: int = 0
+
+    @property
+    def prompt_tps(self) -> float:
+        return 1e3 * self.prompt_tokens / self.prompt_ms if self.prompt_ms > 0 else 0.0
+
+    @property
+    def eval_tps(self) -> float:
+        return 1e3 * self.eval_tokens / self.eval_ms if self.eval_ms > 0 else 0.0
 
 
 class GlassLlama(llama_cpp.Llama):
@@ -62,6 +82,7 @@ class GlassLlama(llama_cpp.Llama):
         self._stats_rows = None
         self.last_masks: list = []
         self.last_mask_ms = 0.0
+        self.timings = Timings()
 
     # ------------------------------------------------------------------------------------------
     # generation hooks: the first eval() of each generate() is the prefill
@@ -69,13 +90,22 @@ class GlassLlama(llama_cpp.Llama):
 
     def generate(self, tokens, *args, **kwargs):
         self._prefill_pending = True
+        self.timings = Timings()
         yield from super().generate(tokens, *args, **kwargs)
 
     def eval(self, tokens):
+        t0 = time.perf_counter()
         if not self._prefill_pending:
-            return super().eval(tokens)
+            super().eval(tokens)
+            self.timings.eval_ms += (time.perf_counter() - t0) * 1e3
+            self.timings.eval_tokens += len(tokens)
+            return
         self._prefill_pending = False
+        n_before = self.n_tokens
         self.prefill(tokens)
+        self.timings.prompt_ms += (time.perf_counter() - t0) * 1e3 - self.last_mask_ms
+        self.timings.prompt_tokens += self.n_tokens - n_before
+        self.timings.mask_ms += self.last_mask_ms
 
     def prefill(self, tokens) -> None:
         """Evaluate prompt tokens densely (after the n_tokens already in the KV cache), collect their
@@ -120,11 +150,21 @@ class GlassLlama(llama_cpp.Llama):
         t0 = time.perf_counter()
         masks = select(self.method, self.density, n_ff=self._n_ff, local_act=act, local_imp=imp,
                        local_rows=rows, prior=self.prior, lam=self.lam)
+        self.install_masks(masks)
+        self.last_mask_ms = (time.perf_counter() - t0) * 1e3
+
+    def install_masks(self, masks) -> None:
+        """Install per-layer masks (ascending neuron indices, or None for a dense layer) now; they
+        apply to every following eval of any batch size until the next prefill or clear_masks()."""
+        self._glass_ctx.clear_masks()
         for il, m in enumerate(masks):
             if m is not None:
-                self._glass_ctx.set_mask(il, m)
-        self.last_masks = masks
-        self.last_mask_ms = (time.perf_counter() - t0) * 1e3
+                self._glass_ctx.set_mask(il, np.asarray(m, dtype=np.int32))
+        self.last_masks = list(masks)
+
+    def clear_masks(self) -> None:
+        self._glass_ctx.clear_masks()
+        self.last_masks = []
 
     # ------------------------------------------------------------------------------------------
     # introspection

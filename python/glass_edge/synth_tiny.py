@@ -138,7 +138,7 @@ def _weights(arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, seed):
     return t
 
 
-def _write_f32(path, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_ctx, seed):
+def _write_f32(path, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_ctx, seed, transform=None):
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
     w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
@@ -176,7 +176,7 @@ def _write_f32(path, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_
     w.add_add_eos_token(False)
 
     for name, arr in _weights(arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, seed).items():
-        w.add_tensor(name, arr)
+        w.add_tensor(name, arr if transform is None else np.ascontiguousarray(transform(name, arr), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -222,12 +222,14 @@ def _check_ffn_types(path, n_layer, want):
 
 
 def write_tiny_model(path, arch="llama", ftype="f32", n_layer=2, n_embd=256, n_ff=512,
-                     n_head=4, n_head_kv=2, n_vocab=320, n_ctx=512, seed=0) -> pathlib.Path:
+                     n_head=4, n_head_kv=2, n_vocab=320, n_ctx=512, seed=0, transform=None) -> pathlib.Path:
     """Write a tiny random-weight GGUF model to `path` and return it as a Path.
 
     arch: "llama" (SwiGLU) or "gemma3" (GeGLU, q/k norms, post norms, SWA).
     ftype: a key of FTYPES. All 2-D weights get that ggml type (norms stay F32).
     Same arguments + seed give the same F32 weights.
+    transform(name, array) -> array, if given, edits each F32 weight before it is written (tests
+    use it to build reference models, e.g. with some FFN neurons zeroed).
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -249,7 +251,7 @@ def write_tiny_model(path, arch="llama", ftype="f32", n_layer=2, n_embd=256, n_f
         fd, f32_tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".f32.tmp", dir=path.parent)
         os.close(fd)
         tmps.append(f32_tmp)
-        _write_f32(f32_tmp, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_ctx, seed)
+        _write_f32(f32_tmp, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_ctx, seed, transform)
         out_tmp = f32_tmp
         if FTYPES[ftype][0] is not None:
             fd, out_tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".q.tmp", dir=path.parent)

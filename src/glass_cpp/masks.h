@@ -30,6 +30,9 @@ struct glass_context {
     std::vector<std::vector<float>> act_sum, imp_sum;
     std::vector<int64_t> stats_rows;
 
+    // run the sparse kernels even for masks that keep every neuron (tests of the kernels)
+    bool force_sparse_kernels = false;
+
     // counters, read by tests to prove which path ran
     std::atomic<uint64_t> n_sparse_ops{0};
     std::atomic<uint64_t> n_dense_graphs{0};

@@ -366,7 +366,9 @@ static ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * c
         }
 
         const std::vector<int32_t> & mask = (role == FFN_UP && L.gate_in_up) ? g->masks_fused[il] : g->masks[il];
-        if (mask.empty()) {
+        // a mask that keeps every neuron skips nothing: ggml's dense kernel is exact and faster
+        const bool keeps_all = (int64_t) g->masks[il].size() == L.n_ff && !g->force_sparse_kernels;
+        if (mask.empty() || keeps_all) {
             ggml_graph_add_node(graph, node);
             continue;
         }

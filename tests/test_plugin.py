@@ -1,0 +1,178 @@
+"""The plug-in inside stock llama.cpp, on small synthetic GGUF models the suite writes itself.
+
+References are stock llama.cpp (tests/stock_reference.py, a subprocess without glass_edge) and
+models whose dropped neurons are zeroed in the weights.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glass_edge import GlassLlama
+from glass_edge.synth_tiny import write_tiny_model
+
+ARCHS = ["llama", "gemma3"]
+FTYPES = ["f32", "f16", "q8_0", "q4_0", "q5_0", "q4_k", "q6_k"]
+PROMPT = "the quick brown fox jumps over the lazy dog and the cat"
+N_GREEDY = 64
+GGML_NAMES = {"f32": "f32", "f16": "f16", "q8_0": "q8_0", "q4_0": "q4_0", "q5_0": "q5_0", "q4_k": "q4_K", "q6_k": "q6_K"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("plugin-models")
+
+
+def tiny(model_dir: Path, arch: str, ftype: str, **kw) -> Path:
+    path = model_dir / f"{arch}-{ftype}-{abs(hash(tuple(sorted(kw.items()))))}.gguf"
+    if not path.exists():
+        write_tiny_model(path, arch=arch, ftype=ftype, **kw)
+    return path
+
+
+def glass(path, **kw) -> GlassLlama:
+    kw.setdefault("density", 1.0)
+    kw.setdefault("method", "griffin")
+    kw.setdefault("logits_all", True)
+    return GlassLlama(str(path), n_ctx=512, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False, **kw)
+
+
+def stock(path, prompt_tokens, tmp_path, n=N_GREEDY, teacher=None):
+    out = tmp_path / "stock.npz"
+    cmd = [sys.executable, str(Path(__file__).with_name("stock_reference.py")), str(path),
+           json.dumps(prompt_tokens), str(n), str(out)]
+    if teacher is not None:
+        cmd += ["--teacher", json.dumps(teacher)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    data = np.load(out)
+    return data["tokens"].tolist(), data["logits"]
+
+
+def greedy(llm: GlassLlama, prompt_tokens, n=N_GREEDY):
+    """Greedy tokens and the logits each was chosen from (seen through a logits processor)."""
+    seen = []
+
+    def record(input_ids, scores):
+        seen.append(np.array(scores, dtype=np.float32))
+        return scores
+
+    gen = llm.generate(prompt_tokens, temp=0.0, repeat_penalty=1.0, logits_processor=[record])
+    tokens = [next(gen) for _ in range(n)]
+    gen.close()
+    return tokens, np.array(seen[:n])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("ftype", FTYPES)
+def test_ffn_weights_live_on_glass_device(model_dir, arch, ftype):
+    llm = glass(tiny(model_dir, arch, ftype))
+    layers = llm._glass_model.layers
+    assert len(layers) == 2
+    for layer in layers:
+        assert (layer["n_embd"], layer["n_ff"]) == (256, 512)
+        assert layer["up_type"] == layer["gate_type"] == layer["down_type"] == GGML_NAMES[ftype]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("ftype", FTYPES)
+def test_every_neuron_selected_matches_stock(model_dir, tmp_path, arch, ftype):
+    """density 1.0: greedy text identical over 64 tokens, logits equal to stock within 1e-4."""
+    path = tiny(model_dir, arch, ftype)
+    llm = glass(path, density=1.0, logits_all=False)
+    prompt = llm.tokenize(PROMPT.encode())
+    tokens, logits = greedy(llm, prompt)
+    ref_tokens, ref_logits = stock(path, prompt, tmp_path)
+    assert all(m is not None and len(m) == 512 for m in llm.last_masks)  # a full mask was installed
+    assert tokens == ref_tokens
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("ftype", FTYPES)
+def test_sparse_kernels_with_every_neuron_match_stock(model_dir, tmp_path, arch, ftype):
+    """The sparse kernels themselves (forced for a full mask), teacher-forced along stock's greedy
+    text in one batch: logits within 3% of the logits' spread (the int8 neuron-major ffn_down adds
+    ~0.5% relative error per FFN output)."""
+    path = tiny(model_dir, arch, ftype)
+    llm = glass(path, density=1.0)
+    llm._glass_ctx.force_sparse_kernels = True
+    prompt = llm.tokenize(PROMPT.encode())
+    ref_tokens, ref_logits = stock(path, prompt, tmp_path)
+    llm.reset()
+    llm.prefill(prompt)
+    ops_before = llm.sparse_ops
+    llm.eval(ref_tokens[:-1])  # one batch of 63 tokens through the sparse path
+    assert llm.sparse_ops > ops_before
+    logits = np.array(llm.scores[len(prompt) - 1: len(prompt) - 1 + N_GREEDY])
+    scale = ref_logits.std()
+    err = np.abs(logits - ref_logits)
+    assert err.max() <= 0.03 * scale, (err.max(), scale)
+    assert (logits.argmax(-1) == ref_logits.argmax(-1)).mean() >= 0.95
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_masked_ffn_equals_model_with_dropped_neurons_zeroed(model_dir, tmp_path, arch):
+    """Masks applied to every token (prompt batch and single-token steps) give the logits of the
+    same model with the dropped neurons' ffn_down columns zeroed, run by stock llama.cpp."""
+    rng = np.random.default_rng(7)
+    keep = {il: np.sort(rng.choice(512, 200, replace=False)).astype(np.int32) for il in range(2)}
+
+    def zero_dropped(name, arr):
+        parts = name.split(".")
+        if len(parts) == 4 and parts[2] == "ffn_down":
+            out = np.zeros_like(arr)  # [n_embd, n_ff] in numpy order: columns are neurons
+            out[:, keep[int(parts[1])]] = arr[:, keep[int(parts[1])]]
+            return out
+        return arr
+
+    path = tiny(model_dir, arch, "f32")
+    zeroed = tiny(model_dir, arch, "f32", transform=zero_dropped)
+    llm = glass(path, method="dense")
+    prompt = llm.tokenize(PROMPT.encode())
+    teacher = [int(t) for t in rng.integers(4, 300, size=24)]
+    _, ref_logits = stock(zeroed, prompt, tmp_path, teacher=teacher)
+    llm.reset()
+    llm.install_masks([keep[0], keep[1]])
+    llm.eval(prompt)            # batched, masked
+    for tok in teacher:         # single-token steps, masked
+        llm.eval([tok])
+    logits = np.array(llm.scores[len(prompt) - 1: len(prompt) + len(teacher)])
+    scale = ref_logits.std()
+    assert np.abs(logits - ref_logits).max() <= 0.03 * scale
+    # and the mask matters: the unmasked model is far from the zeroed one
+    full = glass(path, method="dense")
+    full.eval(prompt)
+    assert np.abs(np.array(full.scores[len(prompt) - 1]) - ref_logits[0]).max() > 0.1 * scale
+
+
+def test_two_contexts_do_not_share_masks(model_dir):
+    path = tiny(model_dir, "llama", "f32")
+    a = glass(path, density=0.25)
+    b = glass(path, method="dense")
+    prompt = a.tokenize(PROMPT.encode())
+    a.reset(); a.prefill(prompt)
+    b.reset(); b.prefill(prompt)
+    assert all(m is not None for m in a.last_masks)
+    assert b._glass_ctx.any_mask is False
+    b.eval([5, 6, 7])
+    assert b.sparse_ops == 0 and a._glass_ctx.any_mask
+
+
+def test_prefill_statistics_match_numpy(model_dir):
+    """Prefill statistics count every prompt row but BOS (the last layer: its output row only), and
+    each counted row is unit-normalised (the kernel itself is checked against numpy in
+    test_kernels)."""
+    path = tiny(model_dir, "llama", "f32")
+    llm = glass(path, density=0.5, logits_all=False)
+    prompt = llm.tokenize(PROMPT.encode())
+    llm.reset(); llm.prefill(prompt)
+    act = llm._stats_act
+    rows = llm._stats_rows
+    assert rows[0] == len(prompt) - 1            # every prompt token but BOS
+    assert rows[1] == 1                           # the last layer sees the output row only
+    for a, r in zip(act, rows):                   # each counted row is a unit vector: sums add to rows
+        assert abs(a.sum() - r) < 1e-3 * r
+    assert all(np.isfinite(a).all() for a in llm._stats_imp)
