@@ -187,6 +187,8 @@ PYBIND11_MODULE(_core, m) {
     m.attr("ggml_backend_api_version") = plugin_backend_api_version();
     m.def("register_plugin", &plugin_register, "Register the GLASS device with llama.cpp's ggml");
     m.def("down_axpy_path", &down_axpy_path);
+    m.def("set_claim_all_matmuls", &plugin_set_claim_all_matmuls,
+          "Loads while on keep every matmul weight unrepacked in the plug-in's buffer");
     m.def("weights_begin", &plugin_weights_begin, "Forget FFN weights seen so far (call before a load)");
 
     py::class_<py_model>(m, "Model")

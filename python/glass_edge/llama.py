@@ -47,10 +47,12 @@ class Timings:
 
 class GlassLlama(llama_cpp.Llama):
     """`llama_cpp.Llama` plus `density` (fraction of FFN neurons kept per layer, 0 < d <= 1),
-    `method` (see selection.METHODS), `lam` (GLASS rank-aggregation weight) and `prior`."""
+    `method` (see selection.METHODS), `lam` (GLASS rank-aggregation weight) and `prior`.
+    `repack=False` keeps llama.cpp from repacking any weight for the CPU (as its
+    use_extra_bufts=false does), e.g. to compare with a reference run that way."""
 
     def __init__(self, model_path: str, *args, density: float = 0.5, method: str = "griffin",
-                 lam: Optional[float] = None, prior=None, **kwargs):
+                 lam: Optional[float] = None, prior=None, repack: bool = True, **kwargs):
         self.density = check_density(density)
         self.method = check_method(method)
         self.lam = DEFAULT_LAMBDA if lam is None else check_lambda(lam)
@@ -60,11 +62,13 @@ class GlassLlama(llama_cpp.Llama):
         self._glass_ctx = _core.Context()
         with _construct_lock:
             _core.weights_begin()
+            _core.set_claim_all_matmuls(not repack)
             self._glass_ctx.expect()
             try:
                 super().__init__(model_path, *args, **kwargs)
             finally:
                 attached = _core.Context.attached()
+                _core.set_claim_all_matmuls(False)
             self._glass_model = _core.Model.from_loaded()
         if not attached:
             raise RuntimeError("glass-edge: llama.cpp did not create a GLASS backend for this context")

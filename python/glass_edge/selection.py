@@ -91,8 +91,8 @@ def select(method: str, density: float, *, n_ff: Sequence[int], local_act=None, 
            local_rows=None, prior=None, lam: float = 0.5, seed: int = 0) -> list:
     """Per-layer masks (ascending int32 indices, or None = dense) for a whole model.
 
-    A layer whose local statistics saw no rows (an empty prompt) stays dense under the local
-    methods: there is nothing to rank it by.
+    A layer whose local statistics saw no rows (an empty prompt) has nothing local to rank by: it
+    stays dense under griffin, and uses the global prior alone under a-glass / i-glass.
     """
     check_method(method)
     check_density(density)
@@ -102,12 +102,17 @@ def select(method: str, density: float, *, n_ff: Sequence[int], local_act=None, 
         if nf == 0:
             masks.append(None)
             continue
+        layer_method = method
         if method in NEEDS_LOCAL and (local_rows is None or local_rows[il] == 0):
             if method == "griffin" or prior is None:
                 masks.append(None)
                 continue
+            layer_method = "global" if method == "a-glass" else "global-impact"
+        if layer_method == "global-impact":  # no local rows: the impact prior alone
+            masks.append(top_k_by_rank_score(prior.imp_rank[il], n_keep(density, nf)))
+            continue
         masks.append(select_layer(
-            method, density, n_ff=nf,
+            layer_method, density, n_ff=nf,
             local_act=None if local_act is None else local_act[il],
             local_imp=None if local_imp is None else local_imp[il],
             global_act_rank=None if prior is None else prior.act_rank[il],

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <atomic>
 #include <mutex>
 
 #include "ggml-backend-impl.h"
@@ -31,6 +32,7 @@ static std::mutex g_mutex;
 static std::vector<ggml_tensor *> g_loaded_weights;
 static std::shared_ptr<glass_context> g_pending_context;
 static bool g_pending_attached = false;
+static std::atomic<bool> g_claim_all_matmuls{false};  // loads with CPU repacking off (see plugin.h)
 
 extern ggml_backend_buffer_type g_buft;
 extern ggml_backend_device g_device;
@@ -483,6 +485,10 @@ static bool dev_supports_op(ggml_backend_dev_t, const ggml_tensor * op) {
     switch (op->op) {
         case GGML_OP_MUL_MAT: {
             const ggml_tensor * w = op->src[0];
+            if (g_claim_all_matmuls && w && w->buffer && w->buffer->buft == &g_buft && !is_our_ffn_weight(w)) {
+                // a non-FFN weight kept in plain layout: computed unchanged by the inner CPU backend
+                return op->src[1]->type == GGML_TYPE_F32 && ggml_get_type_traits_cpu(w->type)->vec_dot != nullptr;
+            }
             if (!is_our_ffn_weight(w) || op->src[1]->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) ||
                 w->ne[2] != 1 || w->ne[3] != 1) {
                 return false;
@@ -580,6 +586,8 @@ bool plugin_register() {
     }
     return false;  // registered into a registry llama.cpp does not use (wrong libggml)
 }
+
+void plugin_set_claim_all_matmuls(bool on) { g_claim_all_matmuls = on; }
 
 void plugin_weights_begin() {
     std::lock_guard<std::mutex> lock(g_mutex);

@@ -14,6 +14,10 @@ namespace glass {
 // not visible in ggml's device list afterwards (a second copy of libggml was linked).
 bool plugin_register();
 
+// While on, models being loaded keep every matmul weight in the plug-in's plain-layout buffer, so
+// llama.cpp does not repack any of them for the CPU (like llama.cpp's use_extra_bufts=false).
+void plugin_set_claim_all_matmuls(bool on);
+
 // Forget the FFN weights seen so far; call right before loading a model.
 void plugin_weights_begin();
 
