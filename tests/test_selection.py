@@ -27,6 +27,11 @@ def random_stats(n_ff, seed, ties=False):
     return act, imp, rng.permutation(n_ff), rng.permutation(n_ff)
 
 
+def select_kwargs(act, imp, g_act, g_imp):
+    """The statistics of random_stats as select_layer's keyword arguments."""
+    return dict(local_act=act, local_imp=imp, global_act_rank=g_act, global_imp_rank=g_imp)
+
+
 SEEDS = (0, 1, 2, 3)
 DENSITIES = (0.01, 0.1, 0.25, 0.4, 0.5, 0.7, 0.999, 1.0)
 N_FF = (1, 7, 100, 512)
@@ -143,7 +148,7 @@ def test_a_glass_limits(seed, ties):
     """a-glass with lam = 1 is griffin, with lam = 0 it is global."""
     n_ff = 300
     act, imp, g_act, g_imp = random_stats(n_ff, seed, ties)
-    kw = dict(local_act=act, local_imp=imp, global_act_rank=g_act, global_imp_rank=g_imp)
+    kw = select_kwargs(act, imp, g_act, g_imp)
     for d in DENSITIES:
         griffin = sel.select_layer("griffin", d, **kw)
         glob = sel.select_layer("global", d, **kw)
@@ -158,7 +163,7 @@ def test_a_glass_in_between_differs(seed):
     """Guard for the limit test: lam = 0.5 is neither pure source (else the limits prove nothing)."""
     n_ff = 300
     act, imp, g_act, g_imp = random_stats(n_ff, seed)
-    kw = dict(local_act=act, local_imp=imp, global_act_rank=g_act, global_imp_rank=g_imp)
+    kw = select_kwargs(act, imp, g_act, g_imp)
     mid = sel.select_layer("a-glass", 0.3, lam=0.5, **kw)
     assert not np.array_equal(mid, sel.select_layer("griffin", 0.3, **kw))
     assert not np.array_equal(mid, sel.select_layer("global", 0.3, **kw))
@@ -170,7 +175,7 @@ def test_i_glass_limits(seed, ties):
     """i-glass with lam = 1 is the top-k of the local impact; lam = 0 the best prior impact ranks."""
     n_ff = 300
     act, imp, g_act, g_imp = random_stats(n_ff, seed, ties)
-    kw = dict(local_act=act, local_imp=imp, global_act_rank=g_act, global_imp_rank=g_imp)
+    kw = select_kwargs(act, imp, g_act, g_imp)
     for d in DENSITIES:
         k = sel.n_keep(d, n_ff)
         np.testing.assert_array_equal(sel.select_layer("i-glass", d, lam=1.0, **kw), topk_reference(imp, k))

@@ -102,17 +102,15 @@ def select(method: str, density: float, *, n_ff: Sequence[int], local_act=None, 
         if nf == 0:
             masks.append(None)
             continue
-        layer_method = method
         if method in NEEDS_LOCAL and (local_rows is None or local_rows[il] == 0):
             if method == "griffin" or prior is None:
                 masks.append(None)
-                continue
-            layer_method = "global" if method == "a-glass" else "global-impact"
-        if layer_method == "global-impact":  # no local rows: the impact prior alone
-            masks.append(top_k_by_rank_score(prior.imp_rank[il], n_keep(density, nf)))
+            else:  # no local rows: the matching prior alone (activation or impact)
+                prior_rank = prior.act_rank[il] if method == "a-glass" else prior.imp_rank[il]
+                masks.append(top_k_by_rank_score(prior_rank, n_keep(density, nf)))
             continue
         masks.append(select_layer(
-            layer_method, density, n_ff=nf,
+            method, density, n_ff=nf,
             local_act=None if local_act is None else local_act[il],
             local_imp=None if local_imp is None else local_imp[il],
             global_act_rank=None if prior is None else prior.act_rank[il],

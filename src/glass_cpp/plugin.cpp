@@ -486,7 +486,8 @@ static bool dev_supports_op(ggml_backend_dev_t, const ggml_tensor * op) {
         case GGML_OP_MUL_MAT: {
             const ggml_tensor * w = op->src[0];
             if (g_claim_all_matmuls && w && w->buffer && w->buffer->buft == &g_buft && !is_our_ffn_weight(w)) {
-                // a non-FFN weight kept in plain layout: computed unchanged by the inner CPU backend
+                // at load only (the flag is off again by graph time): keep this non-FFN weight in our
+                // plain-layout buffer; its matmuls then run on the CPU backend, which reads host buffers
                 return op->src[1]->type == GGML_TYPE_F32 && ggml_get_type_traits_cpu(w->type)->vec_dot != nullptr;
             }
             if (!is_our_ffn_weight(w) || op->src[1]->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) ||
