@@ -1,7 +1,13 @@
-"""glass-edge command line: argparse subcommands only; each calls one function elsewhere."""
+"""glass-edge command line: argparse subcommands only; each calls one function elsewhere.
+
+Every subcommand has an `_add_<name>(sub)` function below and an entry in COMMANDS naming the
+module and function that does the work (imported only when that command runs, so that --help and
+argument errors stay fast and never load llama.cpp).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .selection import METHODS
@@ -14,7 +20,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"glass-edge: error: {message}\n")
 
 
-def _density(text: str) -> float:
+# ----------------------------------------------------------------------------------------------
+# argument types: each rejects bad input with a one-line message
+# ----------------------------------------------------------------------------------------------
+
+def density_arg(text: str) -> float:
     try:
         d = float(text)
     except ValueError:
@@ -24,13 +34,32 @@ def _density(text: str) -> float:
     return d
 
 
-def _method(text: str) -> str:
+def densities_arg(text: str) -> list:
+    """A comma-separated list of densities, e.g. 0.25,0.5,1.0."""
+    return [density_arg(t.strip()) for t in text.split(",") if t.strip()] or [density_arg("")]
+
+
+def method_arg(text: str) -> str:
     if text not in METHODS:
         raise argparse.ArgumentTypeError(f"unknown method {text!r}; choose one of {', '.join(METHODS)}")
     return text
 
 
-def _positive_int(text: str) -> int:
+def methods_arg(text: str) -> list:
+    return [method_arg(t.strip()) for t in text.split(",") if t.strip()] or [method_arg("")]
+
+
+def lambda_arg(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"lambda must be a number in [0, 1], got {text!r}") from None
+    if not (0.0 <= x <= 1.0):
+        raise argparse.ArgumentTypeError(f"lambda must be in [0, 1], got {text}")
+    return x
+
+
+def positive_int_arg(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -40,39 +69,70 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="glass-edge", description="Sparse-FFN (GLASS) llama.cpp decode on CPUs")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def add_model_arg(p, required: bool = False) -> None:
+    if required:
+        p.add_argument("model", help="GGUF model file")
+    else:
+        p.add_argument("model", nargs="?", help="GGUF model (default: the bundled gemma-3-270m)")
 
+
+def add_sparsity_args(p, density: float = 0.5) -> None:
+    p.add_argument("--density", type=density_arg, default=density, help="fraction of FFN neurons kept, (0, 1]")
+    p.add_argument("--method", type=method_arg, default="griffin", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--lambda", dest="lam", type=lambda_arg, default=None,
+                   help="GLASS weight of the prompt's ranking against the global prior, [0, 1]")
+    p.add_argument("--prior", default=None, help="take the global prior from this calibrated GGUF")
+
+
+def add_llama_args(p) -> None:
+    p.add_argument("-t", "--threads", type=positive_int_arg, default=None)
+    p.add_argument("-c", "--ctx-size", type=positive_int_arg, default=2048)
+    p.add_argument("-s", "--seed", type=int, default=-1)
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+# ----------------------------------------------------------------------------------------------
+# subcommands
+# ----------------------------------------------------------------------------------------------
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="generate text from a prompt")
-    run.add_argument("model", nargs="?", help="GGUF model (default: the bundled gemma-3-270m)")
+    add_model_arg(run)
     run.add_argument("-p", "--prompt", default="The three most useful things to know about the ocean are")
-    run.add_argument("-n", "--n-predict", type=_positive_int, default=128, help="tokens to generate")
-    run.add_argument("--density", type=_density, default=0.5, help="fraction of FFN neurons kept, (0, 1]")
-    run.add_argument("--method", type=_method, default="griffin", help=f"one of {', '.join(METHODS)}")
-    run.add_argument("-t", "--threads", type=_positive_int, default=None)
-    run.add_argument("-c", "--ctx-size", type=_positive_int, default=2048)
-    run.add_argument("-s", "--seed", type=int, default=-1)
+    run.add_argument("-n", "--n-predict", type=positive_int_arg, default=128, help="tokens to generate")
+    add_sparsity_args(run)
+    add_llama_args(run)
     run.add_argument("--temp", type=float, default=0.8)
     run.add_argument("--top-k", type=int, default=40)
     run.add_argument("--top-p", type=float, default=0.95)
-    run.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+# command name -> (parser builder, module, function taking the parsed args and returning an exit code)
+COMMANDS = {
+    "run": (_add_run, "run", "run"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="glass-edge", description="Sparse-FFN (GLASS) llama.cpp decode on CPUs")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add, _module, _function in COMMANDS.values():
+        add(sub)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from . import run as run_mod  # imports llama.cpp: keep --help fast
+    from .errors import UserError
+    _add, module, function = COMMANDS[args.command]
     try:
-        if args.command == "run":
-            return run_mod.run(args)
+        return getattr(importlib.import_module(f".{module}", __package__), function)(args)
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return 130
-    except run_mod.UserError as e:
+    except UserError as e:
         print(f"glass-edge: error: {e}", file=sys.stderr)
         return 1
-    return 2
 
 
 if __name__ == "__main__":

@@ -4,11 +4,8 @@ from __future__ import annotations
 import sys
 
 from .default_model import DefaultModelError, default_model_path
+from .errors import UserError
 from .gguf_check import ModelFileError, check_model_file
-
-
-class UserError(Exception):
-    """Bad input: reported as one line, exit code 1."""
 
 
 def resolve_model(path):
