@@ -54,3 +54,40 @@ def test_prefix_reuse_keeps_statistics(gemma_path):
     llm(PROMPT, max_tokens=4, temperature=0)  # same prompt: llama-cpp-python reuses the prefix
     assert list(llm._stats_rows) == rows_first
     assert all(np.array_equal(a, b) for a, b in zip(first, llm.last_masks))
+
+
+def _stock_greedy(model_path, tokens, n):
+    """Greedy tokens from stock llama.cpp in a subprocess that never imports glass_edge."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+    import tempfile
+    here = pathlib.Path(__file__).parent
+    with tempfile.TemporaryDirectory() as d:
+        out = pathlib.Path(d) / "ref.npz"
+        subprocess.run([sys.executable, str(here / "stock_reference.py"), model_path, json.dumps(tokens), str(n),
+                        str(out)], check=True, capture_output=True, timeout=600)
+        return np.load(out)["tokens"].tolist()
+
+
+def test_calibrated_gemma_loads_in_stock_llama_cpp(gemma_path, tmp_path):
+    """`glass-edge calibrate` writes a copy that stock llama.cpp loads and runs exactly like the
+    original; a-glass / i-glass use its prior."""
+    import subprocess
+    import sys
+    from glass_edge.gguf_meta import read_prior
+    out = tmp_path / "gemma-cal.gguf"
+    r = subprocess.run([sys.executable, "-m", "glass_edge.cli", "calibrate", gemma_path, "-o", str(out),
+                        "--samples", "4", "--tokens", "16", "-t", "2"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    prior = read_prior(out)
+    assert prior.n_layer == 18 and prior.n_ff == [2048] * 18 and prior.n_tokens == 64
+    llm = make(gemma_path, method="dense")
+    toks = llm.tokenize(PROMPT.encode())
+    assert _stock_greedy(str(out), toks, 16) == _stock_greedy(gemma_path, toks, 16)
+    for method in ("a-glass", "i-glass"):
+        g = make(str(out), method=method, density=0.5)
+        text = g(PROMPT, max_tokens=16, temperature=0)["choices"][0]["text"]
+        assert len(text.strip()) > 0 and g.sparse_ops > 0
+        assert g.global_prior().source == "nps"

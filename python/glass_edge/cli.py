@@ -107,9 +107,29 @@ def _add_run(sub) -> None:
     run.add_argument("--top-p", type=float, default=0.95)
 
 
+def _add_calibrate(sub) -> None:
+    cal = sub.add_parser("calibrate", help="compute a model's global prior and store it in a copy of the model")
+    add_model_arg(cal)
+    cal.add_argument("-o", "--output", required=True, help="the calibrated copy to write (.gguf)")
+    cal.add_argument("--source", nargs="+", default=None, metavar="nps|FILE",
+                     help="nps (default: the model's own samples), or text files ('builtin': Python's docs)")
+    cal.add_argument("--samples", type=positive_int_arg, default=64, help="NPS samples / corpus chunks")
+    cal.add_argument("--tokens", type=positive_int_arg, default=128, help="tokens per sample / chunk")
+    cal.add_argument("-t", "--threads", type=positive_int_arg, default=None)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def _add_info(sub) -> None:
+    inf = sub.add_parser("info", help="describe a model: FFN shapes and types, glass.* metadata")
+    add_model_arg(inf)
+
+
 # command name -> (parser builder, module, function taking the parsed args and returning an exit code)
 COMMANDS = {
     "run": (_add_run, "run", "run"),
+    "calibrate": (_add_calibrate, "calibrate", "calibrate"),
+    "info": (_add_info, "info", "info"),
 }
 
 
@@ -133,6 +153,10 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"glass-edge: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .gguf_file import GGUFFormatError, read_header
+
 
 class ModelFileError(ValueError):
     pass
@@ -16,20 +18,11 @@ def check_model_file(path) -> str:
         raise ModelFileError(f"model file not found: {p}")
     if not p.is_file():
         raise ModelFileError(f"not a file: {p}")
-    with p.open("rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ModelFileError(f"not a GGUF model file: {p}")
     try:
-        from gguf import GGUFReader
-        reader = GGUFReader(str(p))
-        field = reader.fields.get("general.architecture")
-        arch = field.contents() if field is not None else None
-        for t in reader.tensors:  # tensor data must lie inside the file
-            if t.data_offset + t.n_bytes > p.stat().st_size:
-                raise ModelFileError(f"truncated GGUF file (tensor {t.name} runs past the end): {p}")
-    except ModelFileError:
-        raise
-    except Exception as e:  # gguf raises assorted errors on corrupt files
+        arch = read_header(p).arch
+    except GGUFFormatError as e:
+        raise ModelFileError(str(e)) from None
+    except Exception as e:  # anything else a corrupt header can provoke
         raise ModelFileError(f"corrupt GGUF file {p}: {type(e).__name__}: {e}") from None
     if not arch:
         raise ModelFileError(f"GGUF file has no general.architecture: {p}")

@@ -26,6 +26,11 @@ _construct_lock = threading.Lock()
 DEFAULT_LAMBDA = 0.5
 
 
+def _interactive() -> bool:
+    import sys
+    return sys.stderr.isatty()
+
+
 @dataclass
 class Timings:
     """Wall-clock time of the last generation: dense prompt evaluation, mask selection and
@@ -56,9 +61,8 @@ class GlassLlama(llama_cpp.Llama):
         self.density = check_density(density)
         self.method = check_method(method)
         self.lam = DEFAULT_LAMBDA if lam is None else check_lambda(lam)
-        self.prior = prior
-        if self.method in NEEDS_PRIOR and prior is None:
-            raise ValueError(f"method {method!r} needs a global prior (pass prior=...)")
+        self._prior_arg = prior   # a Prior, a calibrated GGUF path, or None (find or compute one)
+        self._prior = None
         self._glass_ctx = _core.Context()
         with _construct_lock:
             _core.weights_begin()
@@ -79,6 +83,8 @@ class GlassLlama(llama_cpp.Llama):
             arch = self.metadata.get("general.architecture", "?")
             warnings.warn(f"glass-edge: no dense FFN weights found in this {arch} model; it runs dense",
                           stacklevel=2)
+        if self.method in NEEDS_PRIOR or prior is not None:
+            self.global_prior()  # resolve it now, so a GLASS model is ready before its first prompt
         self._prefill_pending = False
         self._stats_tokens: list = []   # the prompt tokens the kept statistics cover, from position 0
         self._stats_act = None
@@ -152,8 +158,9 @@ class GlassLlama(llama_cpp.Llama):
 
     def _install(self, act, imp, rows) -> None:
         t0 = time.perf_counter()
+        prior = self.global_prior() if self.method in NEEDS_PRIOR else self._prior
         masks = select(self.method, self.density, n_ff=self._n_ff, local_act=act, local_imp=imp,
-                       local_rows=rows, prior=self.prior, lam=self.lam)
+                       local_rows=rows, prior=prior, lam=self.lam)
         self.install_masks(masks)
         self.last_mask_ms = (time.perf_counter() - t0) * 1e3
 
@@ -169,6 +176,30 @@ class GlassLlama(llama_cpp.Llama):
     def clear_masks(self) -> None:
         self._glass_ctx.clear_masks()
         self.last_masks = []
+
+    # ------------------------------------------------------------------------------------------
+    # the global prior (prior.py): explicit, from the model file, cached, or computed on first use
+    # ------------------------------------------------------------------------------------------
+
+    def global_prior(self):
+        """This model's global prior (resolved on first use; see prior.resolve_prior)."""
+        if self._prior is None:
+            from .prior import resolve_prior
+            self._prior = resolve_prior(self, self._prior_arg, progress=self.verbose or _interactive())
+        return self._prior
+
+    @property
+    def prior(self):
+        return self._prior if self._prior is not None else self._prior_arg
+
+    @prior.setter
+    def prior(self, value):
+        self._prior_arg, self._prior = value, None
+
+    @property
+    def ffn_widths(self) -> list:
+        """Per layer, the FFN width the plug-in sparsifies (0 for a layer it leaves to the CPU)."""
+        return list(self._n_ff)
 
     # ------------------------------------------------------------------------------------------
     # introspection

@@ -17,13 +17,18 @@ def resolve_model(path):
         raise UserError(str(e)) from None
 
 
-def load(model_path: str, *, density: float, method: str, threads, ctx_size: int, seed: int, verbose: bool):
+def load(model_path: str, *, density: float, method: str, threads, ctx_size: int, seed: int, verbose: bool,
+         lam=None, prior=None, **llama_kwargs):
     from .llama import GlassLlama
-    kwargs = dict(n_ctx=ctx_size, seed=seed, verbose=verbose, density=density, method=method)
+    from .prior import PriorError
+    kwargs = dict(n_ctx=ctx_size, seed=seed, verbose=verbose, density=density, method=method, lam=lam,
+                  prior=prior, **llama_kwargs)
     if threads:
         kwargs.update(n_threads=threads, n_threads_batch=threads)
     try:
         return GlassLlama(model_path, **kwargs)
+    except PriorError as e:
+        raise UserError(str(e)) from None
     except ValueError as e:  # llama-cpp-python reports load failures as ValueError
         raise UserError(f"cannot load {model_path}: {e}") from None
 
@@ -40,7 +45,7 @@ def print_timings(llm, out=sys.stderr) -> None:
 def run(args) -> int:
     model = resolve_model(args.model)
     llm = load(model, density=args.density, method=args.method, threads=args.threads,
-               ctx_size=args.ctx_size, seed=args.seed, verbose=args.verbose)
+               ctx_size=args.ctx_size, seed=args.seed, verbose=args.verbose, lam=args.lam, prior=args.prior)
     n_prompt = len(llm.tokenize(args.prompt.encode("utf-8")))
     if n_prompt + args.n_predict > llm.n_ctx():
         raise UserError(f"prompt ({n_prompt} tokens) + -n {args.n_predict} exceed the context size "
