@@ -7,12 +7,17 @@ source distribution on PyPI carries it, so we fetch that sdist once (checked aga
 sha256), cache it, and extract only the ggml headers.
 
 Prints CMake `set()` lines: GLASS_GGML_LIB_DIR, GLASS_GGML_INCLUDE_DIR, GLASS_GGML_IMPL_DIR.
+
+With --ggml-source it instead extracts the sdist's whole vendored ggml tree (a CMake project, used
+to cross-build ggml's CPU library for the aarch64 kernel tests, see tools/arm/cross_test.sh) and
+prints its path; that mode does not need llama-cpp-python installed.
 """
 import argparse
 import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -20,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 HEADER_DIRS = ("vendor/llama.cpp/ggml/include/", "vendor/llama.cpp/ggml/src/")
+GGML_TREE = "vendor/llama.cpp/ggml/"
 
 
 def llama_cpp_lib_dir(version: str) -> Path:
@@ -84,13 +90,44 @@ def extract_headers(sdist: Path, dest: Path) -> Path:
     return dest
 
 
+def extract_ggml_tree(sdist: Path, dest: Path) -> Path:
+    """The sdist's vendor/llama.cpp/ggml folder (regular files only) under dest; returns its path."""
+    tree = dest / GGML_TREE
+    if (dest / ".complete").exists():
+        return tree
+    # extract into a fresh temp folder, then rename: an interrupted run leaves no half tree
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".part"))
+    with tarfile.open(sdist) as tar:
+        for member in tar.getmembers():
+            parts = member.name.split("/", 1)
+            if len(parts) < 2 or not member.isfile() or not parts[1].startswith(GGML_TREE):
+                continue
+            rel = Path(parts[1])
+            if rel.is_absolute() or ".." in rel.parts:
+                sys.exit(f"glass-edge build: unsafe path in the sdist: {member.name}")
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(member).read())
+    (tmp / ".complete").write_text("ok\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return tree
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--version", required=True)
     ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "glass-edge", "build"))
+    ap.add_argument("--ggml-source", action="store_true",
+                    help="extract the vendored ggml source tree and print its path (nothing else)")
     args = ap.parse_args()
-    lib = llama_cpp_lib_dir(args.version)
     cache = Path(args.cache)
+    if args.ggml_source:
+        print(extract_ggml_tree(fetch_sdist(args.version, cache), cache / f"ggml-source-{args.version}"))
+        return
+    lib = llama_cpp_lib_dir(args.version)
     headers = extract_headers(fetch_sdist(args.version, cache), cache / f"ggml-headers-{args.version}")
     print(f'set(GLASS_GGML_LIB_DIR "{lib}")')
     print(f'set(GLASS_GGML_INCLUDE_DIR "{headers / HEADER_DIRS[0]}")')

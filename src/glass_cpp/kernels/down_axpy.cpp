@@ -1,10 +1,15 @@
 // down_axpy: scalar reference and SIMD paths of the neuron-major sparse down projection.
+//
+// Every path runs the reference's loops in the reference's order (neurons in idx order, then
+// output blocks, 32 values per block); only the innermost 32 values are vectorised.
 #include "down_axpy.h"
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
-#elif defined(__ARM_NEON)
+#define GLASS_DOWN_X86 1
+#elif defined(__aarch64__)
 #include <arm_neon.h>
+#define GLASS_DOWN_NEON 1
 #endif
 
 namespace glass {
@@ -33,15 +38,18 @@ void down_axpy_ref(const nm_matrix_view & w, const int32_t * idx, int64_t k, con
 }
 
 // ---------------------------------------------------------------------------------------------
-// SIMD paths: same loop order as the reference, 32 values per block
+// x86: AVX-512F and AVX2+FMA (compiled in every x86 build, chosen at run time)
 // ---------------------------------------------------------------------------------------------
 
-#if defined(__AVX512F__)
+#if defined(GLASS_DOWN_X86)
 
-const char * down_axpy_path() { return "avx512"; }
-
-void down_axpy(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
-               float * y, int64_t blk0, int64_t blk1) {
+// GCC 12 warns (-Wmaybe-uninitialized) inside _mm512_cvtepi8_epi32's own _mm512_undefined_epi32()
+// when the function is compiled through a target attribute; the intrinsic is fine.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f")))
+static void down_axpy_avx512(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
+                             float * y, int64_t blk0, int64_t blk1) {
     for (int64_t i = 0; i < k; ++i) {
         const int64_t j = idx[i];
         const float s = h[j];
@@ -62,13 +70,11 @@ void down_axpy(const nm_matrix_view & w, const int32_t * idx, int64_t k, const f
         }
     }
 }
+#pragma GCC diagnostic pop
 
-#elif defined(__AVX2__) && defined(__FMA__)
-
-const char * down_axpy_path() { return "avx2"; }
-
-void down_axpy(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
-               float * y, int64_t blk0, int64_t blk1) {
+__attribute__((target("avx2,fma")))
+static void down_axpy_avx2(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
+                           float * y, int64_t blk0, int64_t blk1) {
     for (int64_t i = 0; i < k; ++i) {
         const int64_t j = idx[i];
         const float s = h[j];
@@ -90,12 +96,16 @@ void down_axpy(const nm_matrix_view & w, const int32_t * idx, int64_t k, const f
     }
 }
 
-#elif defined(__ARM_NEON) && defined(__aarch64__)
+#endif
 
-const char * down_axpy_path() { return "neon"; }
+// ---------------------------------------------------------------------------------------------
+// aarch64: NEON (every AArch64 CPU has it)
+// ---------------------------------------------------------------------------------------------
 
-void down_axpy(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
-               float * y, int64_t blk0, int64_t blk1) {
+#if defined(GLASS_DOWN_NEON)
+
+static void down_axpy_neon(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
+                           float * y, int64_t blk0, int64_t blk1) {
     for (int64_t i = 0; i < k; ++i) {
         const int64_t j = idx[i];
         const float s = h[j];
@@ -109,6 +119,7 @@ void down_axpy(const nm_matrix_view & w, const int32_t * idx, int64_t k, const f
             const int8_t * qb = q + b * NM_BLOCK;
             float * yb = y + (b - blk0) * NM_BLOCK;
             for (int half = 0; half < 2; ++half) {
+                // 16 int8 -> 2 x 8 int16 -> 4 x 4 int32 -> float
                 const int8x16_t q16 = vld1q_s8(qb + 16 * half);
                 const int16x8_t lo = vmovl_s8(vget_low_s8(q16));
                 const int16x8_t hi = vmovl_s8(vget_high_s8(q16));
@@ -126,15 +137,38 @@ void down_axpy(const nm_matrix_view & w, const int32_t * idx, int64_t k, const f
     }
 }
 
-#else
+#endif
 
-const char * down_axpy_path() { return "scalar"; }
+// ---------------------------------------------------------------------------------------------
+// the path list and the dispatch
+// ---------------------------------------------------------------------------------------------
+
+const std::vector<kernel_path<down_axpy_fn>> & down_axpy_paths() {
+    static const std::vector<kernel_path<down_axpy_fn>> paths = [] {
+        const cpu_caps & cpu = cpu_caps_get();
+        std::vector<kernel_path<down_axpy_fn>> p = {{"scalar", down_axpy_ref, true}};
+#if defined(GLASS_DOWN_X86)
+        p.push_back({"avx2", down_axpy_avx2, cpu.avx2_fma});
+        p.push_back({"avx512", down_axpy_avx512, cpu.avx512f});
+#elif defined(GLASS_DOWN_NEON)
+        p.push_back({"neon", down_axpy_neon, cpu.neon});
+#endif
+        (void) cpu;
+        return p;
+    }();
+    return paths;
+}
+
+static const kernel_path<down_axpy_fn> & down_axpy_best() {
+    static const kernel_path<down_axpy_fn> & best = kernel_path_best(down_axpy_paths());
+    return best;
+}
+
+const char * down_axpy_path() { return down_axpy_best().name; }
 
 void down_axpy(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
                float * y, int64_t blk0, int64_t blk1) {
-    down_axpy_ref(w, idx, k, h, y, blk0, blk1);
+    down_axpy_best().fns(w, idx, k, h, y, blk0, blk1);
 }
-
-#endif
 
 }  // namespace glass

@@ -7,6 +7,9 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
+
+#include "kernel_paths.h"
 
 namespace glass {
 
@@ -25,11 +28,19 @@ struct nm_matrix_view {
 void down_axpy_ref(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
                    float * y, int64_t blk0, int64_t blk1);
 
-// Same, with the best SIMD path this build has (AVX-512, AVX2 or NEON; else the reference).
+// Same, with the best path of down_axpy_paths() this CPU runs (AVX-512, AVX2, NEON or scalar).
 void down_axpy(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
                float * y, int64_t blk0, int64_t blk1);
 
 // Name of the path down_axpy uses ("avx512", "avx2", "neon" or "scalar").
 const char * down_axpy_path();
+
+using down_axpy_fn = void (*)(const nm_matrix_view & w, const int32_t * idx, int64_t k, const float * h,
+                              float * y, int64_t blk0, int64_t blk1);
+
+// Every path compiled into this build, the scalar reference first and the best last; the tests
+// run each one that runs_here against the reference. Every path adds the neurons in idx order,
+// so paths differ from the reference only by FMA rounding.
+const std::vector<kernel_path<down_axpy_fn>> & down_axpy_paths();
 
 }  // namespace glass

@@ -4,6 +4,8 @@
 // any quant type. The sparse projection computes only the selected rows' dot products, with
 // ggml's own per-type CPU dot product (the same one ggml's dense matmul uses), so every type that
 // ggml can multiply on the CPU works and selected outputs match the dense ones exactly.
+// It has no SIMD of its own: the NEON / dotprod / AVX2 / AVX-512 code is ggml's, compiled for the
+// CPU ggml was built for (tests/cpp/test_gather_matvec.cpp checks every type on x86 and aarch64).
 #pragma once
 
 #include <cstddef>
