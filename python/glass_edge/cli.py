@@ -39,6 +39,11 @@ def densities_arg(text: str) -> list:
     return [density_arg(t.strip()) for t in text.split(",") if t.strip()] or [density_arg("")]
 
 
+def positive_ints_arg(text: str) -> list:
+    """A comma-separated list of positive whole numbers, e.g. 128,512."""
+    return [positive_int_arg(t.strip()) for t in text.split(",") if t.strip()] or [positive_int_arg("")]
+
+
 def method_arg(text: str) -> str:
     if text not in METHODS:
         raise argparse.ArgumentTypeError(f"unknown method {text!r}; choose one of {', '.join(METHODS)}")
@@ -125,11 +130,46 @@ def _add_info(sub) -> None:
     add_model_arg(inf)
 
 
+def port_arg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a whole number, got {text!r}") from None
+    if not (0 <= v <= 65535):
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {v}")
+    return v
+
+
+def _add_chat(sub) -> None:
+    ch = sub.add_parser("chat", help="interactive terminal chat (the model's chat template; /help for commands)")
+    add_model_arg(ch)
+    add_sparsity_args(ch)
+    add_llama_args(ch)
+    ch.add_argument("-n", "--n-predict", type=positive_int_arg, default=256, help="max tokens per reply")
+    ch.add_argument("--temp", type=float, default=0.8)
+    ch.add_argument("--top-k", type=int, default=40)
+    ch.add_argument("--top-p", type=float, default=0.95)
+    ch.add_argument("--system", default=None, metavar="PROMPT", help="system prompt of the conversation")
+
+
+def _add_serve(sub) -> None:
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)")
+    add_model_arg(sv)
+    add_sparsity_args(sv)
+    add_llama_args(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=port_arg, default=8080, help="port (default 8080; 0 picks a free one)")
+    sv.add_argument("--alias", default=None, help="model id in /v1/models and responses (default: file name)")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
 # command name -> (parser builder, module, function taking the parsed args and returning an exit code)
 COMMANDS = {
     "run": (_add_run, "run", "run"),
     "calibrate": (_add_calibrate, "calibrate", "calibrate"),
     "info": (_add_info, "info", "info"),
+    "chat": (_add_chat, "chat", "chat"),
+    "serve": (_add_serve, "server", "serve"),
 }
 
 

@@ -17,6 +17,9 @@ import llama_cpp
 import numpy as np
 
 from . import _core
+from .call_overrides import CallOverrides
+from .coverage import warn_cpu_ffn
+from .chat_template import use_fallback_chat_format
 from .selection import NEEDS_LOCAL, NEEDS_PRIOR, check_density, check_lambda, check_method, select
 
 # Model loads and context creations hand weights / contexts to the plug-in through process-wide
@@ -50,7 +53,7 @@ class Timings:
         return 1e3 * self.eval_tokens / self.eval_ms if self.eval_ms > 0 else 0.0
 
 
-class GlassLlama(llama_cpp.Llama):
+class GlassLlama(CallOverrides, llama_cpp.Llama):
     """`llama_cpp.Llama` plus `density` (fraction of FFN neurons kept per layer, 0 < d <= 1),
     `method` (see selection.METHODS), `lam` (GLASS rank-aggregation weight) and `prior`.
     `repack=False` keeps llama.cpp from repacking any weight for the CPU (as its
@@ -76,13 +79,11 @@ class GlassLlama(llama_cpp.Llama):
             self._glass_model = _core.Model.from_loaded()
         if not attached:
             raise RuntimeError("glass-edge: llama.cpp did not create a GLASS backend for this context")
+        use_fallback_chat_format(self, kwargs.get("chat_format"), kwargs.get("chat_handler"))
         self._glass_model.prepare(self.n_threads)
         self._glass_ctx.bind(self._glass_model)
         self._n_ff = [layer["n_ff"] for layer in self._glass_model.layers]
-        if not any(self._n_ff):
-            arch = self.metadata.get("general.architecture", "?")
-            warnings.warn(f"glass-edge: no dense FFN weights found in this {arch} model; it runs dense",
-                          stacklevel=2)
+        warn_cpu_ffn(self)  # experts, shared experts, ...: say which FFN work stays dense on the CPU
         if self.method in NEEDS_PRIOR or prior is not None:
             self.global_prior()  # resolve it now, so a GLASS model is ready before its first prompt
         self._prefill_pending = False
@@ -91,6 +92,7 @@ class GlassLlama(llama_cpp.Llama):
         self._stats_imp = None
         self._stats_rows = None
         self.last_masks: list = []
+        self.previous_masks: list = []  # the masks installed before last_masks (see mask_overlap)
         self.last_mask_ms = 0.0
         self.timings = Timings()
 
@@ -126,6 +128,7 @@ class GlassLlama(llama_cpp.Llama):
             self._install(self._stats_act, self._stats_imp, self._stats_rows)
             return
         if self.method not in NEEDS_LOCAL or not any(self._n_ff):
+            self._stats_tokens, self._stats_act = [], None  # these tokens go uncounted: forget the sums
             super().eval(tokens)
             self._install(None, None, None)
             return
@@ -135,6 +138,7 @@ class GlassLlama(llama_cpp.Llama):
                    and list(self.input_ids[:covered]) == self._stats_tokens)
         if start > 0 and not extends:
             # a reused prefix whose statistics we no longer have: prefill it again
+            self.timings.prompt_tokens += start  # eval() counts only the tokens it was given
             tokens = list(self.input_ids[:start]) + tokens
             self.n_tokens = start = 0
         bos = self.token_bos()
@@ -171,7 +175,7 @@ class GlassLlama(llama_cpp.Llama):
         for il, m in enumerate(masks):
             if m is not None:
                 self._glass_ctx.set_mask(il, np.asarray(m, dtype=np.int32))
-        self.last_masks = list(masks)
+        self.previous_masks, self.last_masks = self.last_masks, list(masks)
 
     def clear_masks(self) -> None:
         self._glass_ctx.clear_masks()
@@ -213,3 +217,17 @@ class GlassLlama(llama_cpp.Llama):
     def mask_densities(self) -> list:
         """Per-layer kept fraction of the installed masks (1.0 for a dense layer)."""
         return [1.0 if m is None else len(m) / nf for m, nf in zip(self.last_masks, self._n_ff) if nf]
+
+    def mask_overlap(self) -> Optional[list]:
+        """Per layer, the fraction of the last mask's neurons that the mask installed before it also
+        kept: |last ∩ previous| / |last| (a dense layer counts as all its neurons). 1.0 means the
+        last mask kept nothing new; at equal densities it is symmetric. None before a second mask."""
+        if not self.previous_masks or not self.last_masks:
+            return None
+        out = []
+        for a, b, nf in zip(self.last_masks, self.previous_masks, self._n_ff):
+            if nf:
+                a = np.arange(nf) if a is None else np.asarray(a)
+                b = np.arange(nf) if b is None else np.asarray(b)
+                out.append(np.intersect1d(a, b, assume_unique=True).size / a.size)
+        return out

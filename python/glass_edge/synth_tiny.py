@@ -1,7 +1,9 @@
 """Tiny random-weight GGUF models for tests.
 
-`write_tiny_model()` writes a small llama or gemma3 model that stock llama.cpp
-loads and runs. Weights are random with a fixed seed. The tokenizer is a small
+`write_tiny_model()` writes a small model that stock llama.cpp loads and runs:
+llama and gemma3 (gated FFNs), starcoder2 (non-gated up + GELU + down, with biases),
+phi3 (gate and up fused in one ffn_up) and deepseek (dense FFN in the leading
+layers, MoE experts plus a shared expert in the others). Weights are random with a fixed seed. The tokenizer is a small
 SPM ("llama") vocab. The model is written as F32 with gguf-py and then, if
 another type was asked for, quantized by llama.cpp's own quantizer (through
 llama_cpp). That way the blocks are exactly what llama.cpp itself produces.
@@ -9,7 +11,6 @@ llama_cpp). That way the blocks are exactly what llama.cpp itself produces.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pathlib
 import tempfile
@@ -17,9 +18,14 @@ import tempfile
 import gguf
 import numpy as np
 
+from . import gguf_vocab, llama_quantize
+
 __all__ = ["FTYPES", "ARCHS", "write_tiny_model"]
 
-ARCHS = ("llama", "gemma3")
+ARCHS = ("llama", "gemma3", "starcoder2", "phi3", "deepseek")
+
+# deepseek MoE layers: experts, experts used per token, each expert's n_ff
+_N_EXPERT, _N_EXPERT_USED, _N_FF_EXP = 4, 2, 256
 
 # ftype name -> (LLAMA_FTYPE_* constant name, ggml type every 2-D weight should get).
 # With `pure=True` llama.cpp uses the ftype's default type for every 2-D weight,
@@ -41,57 +47,17 @@ FTYPES = {
 }
 
 # Special token ids (same layout for both archs; written explicitly into the GGUF).
-UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
-_N_SPECIAL = 4
-
-# Words whose SPM pieces go into the vocab so ordinary English does not fall
-# back to byte tokens everywhere.
-_WORDS = (
-    "the a quick brown fox jumps over lazy dog and of to in is it that was "
-    "for on with as he she they be at by this had not are but from or have "
-    "an what were we when your can said there use each which do how their if "
-    "will up other about out many then them these so some her would make like "
-    "him into time has look two more write go see number no way could people"
-).split()
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = gguf_vocab.UNK_ID, gguf_vocab.BOS_ID, gguf_vocab.EOS_ID, gguf_vocab.PAD_ID
 
 
-def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
-    """Build an SPM vocab: specials, 256 byte tokens, then word pieces."""
-    T = gguf.TokenType
-    tokens = ["<unk>", "<s>", "</s>", "<pad>"]
-    types = [T.UNKNOWN, T.CONTROL, T.CONTROL, T.CONTROL]
-    # Byte fallback: any text can be tokenized even if no piece matches.
-    tokens += [f"<0x{b:02X}>" for b in range(256)]
-    types += [T.BYTE] * 256
-
-    # llama.cpp's SPM tokenizer merges adjacent symbols only when the merged
-    # string is itself in the vocab, so each word needs all of its prefixes
-    # ("▁t", "▁th", "▁the"). Single letters and "▁" come first.
-    pieces = ["▁"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    for w in _WORDS:
-        pieces += ["▁" + w[:k] for k in range(1, len(w) + 1)]
-    # More filler if a bigger vocab is asked for: "▁ab", "▁ac", ...
-    pieces += ["▁" + a + b for a in "abcdefghijklmnopqrstuvwxyz" for b in "abcdefghijklmnopqrstuvwxyz"]
-    pieces = list(dict.fromkeys(pieces))  # dedupe, keep order (llama.cpp asserts unique texts)
-
-    n_pieces = n_vocab - len(tokens)
-    if n_pieces < 27:
-        raise ValueError(f"n_vocab must be >= {len(tokens) + 27}")
-    if n_pieces > len(pieces):
-        raise ValueError(f"n_vocab must be <= {len(tokens) + len(pieces)}")
-    tokens += pieces[:n_pieces]
-    types += [T.NORMAL] * n_pieces
-    # SPM scores: higher merges first; longer pieces score higher so whole words win.
-    scores = [0.0] * (n_vocab - n_pieces) + [float(len(p)) - i * 1e-4 for i, p in enumerate(pieces[:n_pieces])]
-    return tokens, scores, [int(t) for t in types]
-
-
-def _weights(arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, seed):
+def _weights(arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, seed, n_dense_lead=0):
     """Random weights as {gguf name: float32 array in numpy (rows, cols) order}.
 
     numpy shape (out, in) == ggml ne {in, out}. Matrices use std ~ 1/sqrt(fan_in)
     so every projection keeps unit-ish activations.
     """
+    if arch not in ("llama", "gemma3"):
+        return _weights_more(arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, seed, n_dense_lead)
     rng = np.random.default_rng(seed)
     hd = n_embd // n_head
 
@@ -138,9 +104,78 @@ def _weights(arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, seed):
     return t
 
 
-def _write_f32(path, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_ctx, seed, transform=None):
+def _weights_more(arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, seed, n_dense_lead):
+    """starcoder2 / phi3 / deepseek weights (same conventions as _weights)."""
+    rng = np.random.default_rng(seed)
+    hd = n_embd // n_head
+
+    def mat(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * (scale / np.sqrt(shape[-1]))).astype(np.float32)
+
+    def vec(n, std):
+        return (rng.standard_normal(n) * std).astype(np.float32)
+
+    def ones(n):
+        return np.ones(n, dtype=np.float32)
+
+    layer_norm = arch == "starcoder2"  # LayerNorm with biases; the others use RMSNorm
+    t = {"token_embd.weight": mat(n_vocab, n_embd, scale=np.sqrt(n_embd)),
+         "output_norm.weight": ones(n_embd),
+         "output.weight": mat(n_vocab, n_embd, scale=2.0)}
+    if layer_norm:
+        t["output_norm.bias"] = vec(n_embd, 0.1)
+
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        t[p + "attn_norm.weight"] = ones(n_embd)
+        if arch == "phi3":  # phi3 checkpoints carry one fused q/k/v projection
+            t[p + "attn_qkv.weight"] = mat((n_head + 2 * n_head_kv) * hd, n_embd)
+        else:
+            t[p + "attn_q.weight"] = mat(n_head * hd, n_embd)
+            t[p + "attn_k.weight"] = mat(n_head_kv * hd, n_embd)
+            t[p + "attn_v.weight"] = mat(n_head_kv * hd, n_embd)
+        t[p + "attn_output.weight"] = mat(n_embd, n_head * hd)
+        t[p + "ffn_norm.weight"] = ones(n_embd)
+        if layer_norm:
+            t[p + "attn_norm.bias"] = vec(n_embd, 0.1)
+            t[p + "attn_output.bias"] = vec(n_embd, 0.1)
+            t[p + "ffn_norm.bias"] = vec(n_embd, 0.1)
+
+        # per-neuron log-normal scales, as in _weights: activations spread over ~2 decades
+        s = rng.lognormal(0.0, 0.6, n_ff).astype(np.float32)
+        if arch == "starcoder2":
+            # up + bias -> GELU -> down + bias. The up bias makes a dropped neuron's
+            # GELU(bias) non-zero: the sparse path must still leave it out of down.
+            t[p + "ffn_up.weight"] = mat(n_ff, n_embd) * s[:, None]
+            t[p + "ffn_up.bias"] = vec(n_ff, 0.5) * s
+            t[p + "ffn_down.weight"] = mat(n_embd, n_ff, scale=2.0 / float(np.sqrt(np.mean(s**2))))
+            t[p + "ffn_down.bias"] = vec(n_embd, 0.1)
+        elif arch == "phi3":
+            # ffn_up holds [gate; up]: rows [0, n_ff) go through SiLU, rows [n_ff, 2 n_ff) multiply
+            gate = mat(n_ff, n_embd) * s[:, None]
+            up = mat(n_ff, n_embd) * s[:, None]
+            t[p + "ffn_up.weight"] = np.concatenate([gate, up], axis=0)
+            t[p + "ffn_down.weight"] = mat(n_embd, n_ff, scale=1.0 / float(np.sqrt(np.mean(s**4))))
+        elif i < n_dense_lead:  # deepseek's leading dense layers: a llama SwiGLU FFN
+            t[p + "ffn_gate.weight"] = mat(n_ff, n_embd) * s[:, None]
+            t[p + "ffn_up.weight"] = mat(n_ff, n_embd) * s[:, None]
+            t[p + "ffn_down.weight"] = mat(n_embd, n_ff, scale=1.0 / float(np.sqrt(np.mean(s**4))))
+        else:  # deepseek MoE layer: router, experts, one shared expert (numpy order: expert first)
+            t[p + "ffn_gate_inp.weight"] = mat(_N_EXPERT, n_embd)
+            t[p + "ffn_gate_exps.weight"] = mat(_N_EXPERT, _N_FF_EXP, n_embd)
+            t[p + "ffn_up_exps.weight"] = mat(_N_EXPERT, _N_FF_EXP, n_embd)
+            t[p + "ffn_down_exps.weight"] = mat(_N_EXPERT, n_embd, _N_FF_EXP)
+            t[p + "ffn_gate_shexp.weight"] = mat(_N_FF_EXP, n_embd)
+            t[p + "ffn_up_shexp.weight"] = mat(_N_FF_EXP, n_embd)
+            t[p + "ffn_down_shexp.weight"] = mat(n_embd, _N_FF_EXP)
+    return t
+
+
+def _write_f32(path, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_ctx, seed, transform=None,
+               n_dense_lead=0):
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_name(f"tiny-{arch}")
+    # a general.name containing "phi3" makes llama.cpp look up phi-3 special tokens we do not have
+    w.add_name("tiny-fused-glu" if arch == "phi3" else f"tiny-{arch}")
     w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
     w.add_context_length(n_ctx)
     w.add_embedding_length(n_embd)
@@ -150,7 +185,16 @@ def _write_f32(path, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_
     w.add_head_count_kv(n_head_kv)
     w.add_key_length(n_embd // n_head)
     w.add_value_length(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-6 if arch == "gemma3" else 1e-5)
+    if arch == "starcoder2":
+        w.add_layer_norm_eps(1e-5)
+    else:
+        w.add_layer_norm_rms_eps(1e-6 if arch == "gemma3" else 1e-5)
+    if arch == "deepseek":
+        w.add_leading_dense_block_count(n_dense_lead)
+        w.add_expert_count(_N_EXPERT)
+        w.add_expert_used_count(_N_EXPERT_USED)
+        w.add_expert_shared_count(1)
+        w.add_expert_feed_forward_length(_N_FF_EXP)
     if arch == "gemma3":
         w.add_rope_freq_base(1_000_000.0)
         # Sliding-window attention: local layers use window + their own rope
@@ -163,19 +207,9 @@ def _write_f32(path, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_
         w.add_rope_freq_base(10_000.0)
         w.add_rope_dimension_count(n_embd // n_head)
 
-    tokens, scores, types = _vocab(n_vocab)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(BOS_ID)
-    w.add_eos_token_id(EOS_ID)
-    w.add_unk_token_id(UNK_ID)
-    w.add_pad_token_id(PAD_ID)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
+    gguf_vocab.add_spm_tokenizer(w, n_vocab)
 
-    for name, arr in _weights(arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, seed).items():
+    for name, arr in _weights(arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, seed, n_dense_lead).items():
         w.add_tensor(name, arr if transform is None else np.ascontiguousarray(transform(name, arr), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -183,37 +217,18 @@ def _write_f32(path, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_
     w.close()
 
 
-@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-def _quiet_log(level, text, user_data):  # module-level so ctypes keeps it alive
-    pass
-
-
 def _quantize(src, dst, ftype_const):
-    import llama_cpp  # imported lazily: plain f32 models need only gguf + numpy
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, ftype_const)
-    params.pure = True  # every 2-D weight (incl. token_embd/output) gets exactly this type
-    params.nthread = min(4, os.cpu_count() or 1)
-
-    # llama.cpp logs every tensor while quantizing; mute it, then restore the
-    # callback that was installed (llama_cpp installs its own on import).
-    old_cb = llama_cpp.llama_log_callback()
-    old_ud = ctypes.c_void_p()
-    llama_cpp.llama_log_get(ctypes.byref(old_cb), ctypes.byref(old_ud))
-    llama_cpp.llama_log_set(ctypes.cast(_quiet_log, llama_cpp.llama_log_callback), None)
-    try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    finally:
-        llama_cpp.llama_log_set(old_cb, old_ud)
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize failed ({rc}) for {ftype_const}")
+    # pure: every 2-D weight (incl. token_embd/output) gets exactly this type
+    llama_quantize.quantize(src, dst, ftype_const, pure=True)
 
 
-def _check_ffn_types(path, n_layer, want):
+def _check_ffn_types(path, n_layer, want, arch="llama", n_dense_lead=0):
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
     for i in range(n_layer):
-        for part in ("gate", "up", "down"):
+        if arch == "deepseek" and i >= n_dense_lead:
+            continue  # an MoE layer: no dense FFN
+        parts = ("up", "down") if arch in ("starcoder2", "phi3") else ("gate", "up", "down")
+        for part in parts:
             name = f"blk.{i}.ffn_{part}.weight"
             got = types.get(name)
             if got != want:
@@ -222,10 +237,14 @@ def _check_ffn_types(path, n_layer, want):
 
 
 def write_tiny_model(path, arch="llama", ftype="f32", n_layer=2, n_embd=256, n_ff=512,
-                     n_head=4, n_head_kv=2, n_vocab=320, n_ctx=512, seed=0, transform=None) -> pathlib.Path:
+                     n_head=4, n_head_kv=2, n_vocab=320, n_ctx=512, seed=0, transform=None,
+                     n_dense_lead=1) -> pathlib.Path:
     """Write a tiny random-weight GGUF model to `path` and return it as a Path.
 
-    arch: "llama" (SwiGLU) or "gemma3" (GeGLU, q/k norms, post norms, SWA).
+    arch: "llama" (SwiGLU) or "gemma3" (GeGLU, q/k norms, post norms, SWA); "starcoder2"
+      (LayerNorm, biases, non-gated up -> GELU -> down); "phi3" (fused q/k/v, ffn_up of
+      2*n_ff rows = [gate; up]); "deepseek" (layers below n_dense_lead have a dense SwiGLU FFN,
+      the others 4 MoE experts (2 used, n_ff 256 each) plus one shared expert).
     ftype: a key of FTYPES. All 2-D weights get that ggml type (norms stay F32).
     Same arguments + seed give the same F32 weights.
     transform(name, array) -> array, if given, edits each F32 weight before it is written (tests
@@ -251,14 +270,15 @@ def write_tiny_model(path, arch="llama", ftype="f32", n_layer=2, n_embd=256, n_f
         fd, f32_tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".f32.tmp", dir=path.parent)
         os.close(fd)
         tmps.append(f32_tmp)
-        _write_f32(f32_tmp, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_ctx, seed, transform)
+        _write_f32(f32_tmp, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_ctx, seed, transform,
+                   n_dense_lead)
         out_tmp = f32_tmp
         if FTYPES[ftype][0] is not None:
             fd, out_tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".q.tmp", dir=path.parent)
             os.close(fd)
             tmps.append(out_tmp)
             _quantize(f32_tmp, out_tmp, FTYPES[ftype][0])
-        _check_ffn_types(out_tmp, n_layer, want)
+        _check_ffn_types(out_tmp, n_layer, want, arch, n_dense_lead)
         os.replace(out_tmp, path)
     finally:
         for t in tmps:
