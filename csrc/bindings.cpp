@@ -189,6 +189,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("down_axpy_path", &down_axpy_path);
     m.def("set_claim_all_matmuls", &plugin_set_claim_all_matmuls,
           "Loads while on keep every matmul weight unrepacked in the plug-in's buffer");
+    m.def("set_plugin_enabled", &plugin_set_enabled,
+          "Loads while off place no weight on the GLASS device (stock llama.cpp, e.g. a benchmark's reference)");
     m.def("weights_begin", &plugin_weights_begin, "Forget FFN weights seen so far (call before a load)");
 
     py::class_<py_model>(m, "Model")

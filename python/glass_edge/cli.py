@@ -130,6 +130,67 @@ def _add_info(sub) -> None:
     add_model_arg(inf)
 
 
+def _add_synth(sub) -> None:
+    from .synth_presets import PRESETS, QUANTS
+    syn = sub.add_parser("synth", help="write a random-weight GGUF with a real model's shapes (for benchmarks)")
+    syn.add_argument("--preset", required=True, choices=list(PRESETS), help="model shapes to copy")
+    syn.add_argument("--quant", default="q4_k_m", choices=list(QUANTS), help="llama.cpp quantization (default q4_k_m)")
+    syn.add_argument("-o", "--output", required=True, help="GGUF file to write")
+    syn.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    syn.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _add_bench(sub) -> None:
+    b = sub.add_parser("bench", help="decode/prefill speed and memory: stock llama.cpp vs glass-edge per density")
+    add_model_arg(b, required=True)
+    b.add_argument("--densities", type=densities_arg, default=[0.25, 0.4, 0.5, 1.0],
+                   help="comma-separated densities (default 0.25,0.4,0.5,1.0)")
+    b.add_argument("--method", type=method_arg, default="griffin", help=f"one of {', '.join(METHODS)}")
+    b.add_argument("--lambda", dest="lam", type=lambda_arg, default=None,
+                   help="GLASS weight of the prompt's ranking against the global prior, [0, 1]")
+    b.add_argument("--prior", default=None, help="take the global prior from this calibrated GGUF")
+    b.add_argument("-p", "--n-prompt", type=positive_int_arg, default=32, help="prompt tokens before decoding")
+    b.add_argument("-n", "--n-gen", type=positive_int_arg, default=128, help="tokens decoded per repetition")
+    b.add_argument("--pp-sizes", type=positive_ints_arg, default=[128, 512],
+                   help="extra prompt sizes for prefill speed (default 128,512)")
+    b.add_argument("-t", "--threads", type=positive_int_arg, default=None, help="threads (default: all cores)")
+    b.add_argument("-r", "--repetitions", type=positive_int_arg, default=5)
+    b.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    b.add_argument("--no-rss", action="store_true", help="skip the peak-memory subprocesses")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random prompt tokens")
+    b.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="quality against dense: KL, top-1, perplexity, ROUGE-L per method and density")
+    add_model_arg(ev)
+    ev.add_argument("--prompts", required=True, metavar="FILE",
+                    help="JSON Lines with a \"prompt\" field per line, or plain text, one prompt a line")
+    ev.add_argument("--max-tokens", type=positive_int_arg, default=256,
+                    help="length of the dense reference continuation and of every free run (default 256)")
+    ev.add_argument("--densities", type=densities_arg, default=[0.25, 0.4, 0.5, 0.75],
+                    help="comma-separated densities (default 0.25,0.4,0.5,0.75)")
+    ev.add_argument("--methods", type=methods_arg, default=list(METHODS),
+                    help=f"comma-separated methods (default {','.join(METHODS)}); dense runs once, at density 1")
+    ev.add_argument("--lambda", dest="lam", type=lambda_arg, default=None,
+                    help="GLASS weight of the prompt's ranking against the global prior, [0, 1]")
+    ev.add_argument("--prior", default=None, help="take the global prior from this calibrated GGUF")
+    ev.add_argument("--json", dest="json_out", default=None, metavar="OUT.json", help="write the results as JSON")
+    ev.add_argument("--plot", default=None, metavar="OUT.png", help="plot KL against density (needs matplotlib)")
+    ev.add_argument("--draft", type=int, choices=range(0, 65), default=16, metavar="N",
+                    help="free runs check up to N looked-up tokens per eval (0: one token per eval; default 16)")
+    ev.add_argument("-j", "--jobs", type=positive_int_arg, default=None,
+                    help="worker processes, each taking whole prompts (default: one per core)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("-t", "--threads", type=positive_int_arg, default=None,
+                    help="threads per job (default: cores / jobs)")
+    ev.add_argument("-c", "--ctx-size", type=positive_int_arg, default=2048,
+                    help="context size; must hold the longest prompt + --max-tokens (default 2048)")
+    ev.add_argument("-s", "--seed", type=int, default=-1,
+                    help="random masks use seed + prompt index (default: the prompt index)")
+    ev.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
 def port_arg(text: str) -> int:
     try:
         v = int(text)
@@ -166,8 +227,11 @@ def _add_serve(sub) -> None:
 # command name -> (parser builder, module, function taking the parsed args and returning an exit code)
 COMMANDS = {
     "run": (_add_run, "run", "run"),
+    "synth": (_add_synth, "synth", "synth"),
+    "bench": (_add_bench, "bench", "bench"),
     "calibrate": (_add_calibrate, "calibrate", "calibrate"),
     "info": (_add_info, "info", "info"),
+    "eval": (_add_eval, "evaluate", "evaluate"),
     "chat": (_add_chat, "chat", "chat"),
     "serve": (_add_serve, "server", "serve"),
 }

@@ -33,6 +33,7 @@ static std::vector<ggml_tensor *> g_loaded_weights;
 static std::shared_ptr<glass_context> g_pending_context;
 static bool g_pending_attached = false;
 static std::atomic<bool> g_claim_all_matmuls{false};  // loads with CPU repacking off (see plugin.h)
+static std::atomic<bool> g_enabled{true};             // off: the device claims nothing (see plugin.h)
 
 extern ggml_backend_buffer_type g_buft;
 extern ggml_backend_device g_device;
@@ -482,6 +483,9 @@ static bool is_our_ffn_weight(const ggml_tensor * w) {
 }
 
 static bool dev_supports_op(ggml_backend_dev_t, const ggml_tensor * op) {
+    if (!g_enabled) {
+        return false;  // a stock model is loading: its weights go where llama.cpp alone would put them
+    }
     switch (op->op) {
         case GGML_OP_MUL_MAT: {
             const ggml_tensor * w = op->src[0];
@@ -589,6 +593,8 @@ bool plugin_register() {
 }
 
 void plugin_set_claim_all_matmuls(bool on) { g_claim_all_matmuls = on; }
+
+void plugin_set_enabled(bool on) { g_enabled = on; }
 
 void plugin_weights_begin() {
     std::lock_guard<std::mutex> lock(g_mutex);

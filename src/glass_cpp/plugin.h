@@ -18,6 +18,10 @@ bool plugin_register();
 // llama.cpp does not repack any of them for the CPU (like llama.cpp's use_extra_bufts=false).
 void plugin_set_claim_all_matmuls(bool on);
 
+// While off, the device supports no op, so models loaded meanwhile put no weight in its buffer and
+// their contexts send it nothing: exactly stock llama.cpp (benchmarks load their reference this way).
+void plugin_set_enabled(bool on);
+
 // Forget the FFN weights seen so far; call right before loading a model.
 void plugin_weights_begin();
 
