@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+ENV = dict(os.environ)  # the glass_edge this interpreter imports (installed, or PYTHONPATH=python)
 CHAT = [sys.executable, "-m", "glass_edge.cli", "chat", "-c", "512", "-t", "2", "-s", "1"]
 
 

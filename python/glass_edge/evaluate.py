@@ -214,6 +214,9 @@ def result_row(config: Config, lam: Optional[float], scores: ConfigScores, ppl_d
         "top1": float(np.mean(scores.top1)),
         "ppl": float(np.mean(scores.ppl)),
         "ppl_dense": float(np.mean(ppl_dense)),
+        # exp(mean NLL over all scored tokens): every prompt scores as many tokens, so this is the
+        # geometric mean of the per-prompt perplexities, which one runaway prompt cannot swamp
+        "ppl_pooled": float(np.exp(np.mean(np.log(scores.ppl)))),
         "rougeL": float(np.mean(scores.rouge)),
         "seconds": round(sum(x.seconds for x in scores.scores), 2),
         "free_run_seconds": round(sum(x.free_run_seconds for x in scores.scores), 2),
@@ -228,10 +231,13 @@ def result_row(config: Config, lam: Optional[float], scores: ConfigScores, ppl_d
 def markdown_table(rows: list) -> str:
     lines = ["| method | density | λ | KL mean | KL p90 | top-1 | ppl | ppl dense | ROUGE-L |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def num(x):  # a runaway perplexity (random masks) in short scientific notation
+        return f"{x:.3f}" if abs(x) < 1e4 else f"{x:.3g}"
     for r in rows:
         lam = "" if r["lambda"] is None else f"{r['lambda']:g}"
         lines.append(f"| {r['method']} | {r['density']:g} | {lam} | {r['kl_mean']:.4f} | {r['kl_p90']:.4f} | "
-                     f"{r['top1']:.3f} | {r['ppl']:.3f} | {r['ppl_dense']:.3f} | {r['rougeL']:.3f} |")
+                     f"{r['top1']:.3f} | {num(r['ppl'])} | {num(r['ppl_dense'])} | {r['rougeL']:.3f} |")
     return "\n".join(lines)
 
 
@@ -270,8 +276,11 @@ def write_plot(path: Path, rows: list, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
-        pts = sorted((r["density"], r["kl_mean"]) for r in rows if r["method"] == method)
-        ax.plot([d for d, _ in pts], [max(k, 1e-6) for _, k in pts], marker="o", label=method)
+        mine = [r for r in rows if r["method"] == method]
+        pts = sorted((r["density"], r["kl_mean"]) for r in mine)
+        lam = mine[0]["lambda"]
+        label = method if lam is None else f"{method} (λ={lam:g})"
+        ax.plot([d for d, _ in pts], [max(k, 1e-6) for _, k in pts], marker="o", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("density (fraction of FFN neurons kept)")
     ax.set_ylabel("mean KL(dense ‖ sparse), nats/token")
@@ -431,7 +440,7 @@ def evaluate(args) -> int:
         "jobs": jobs,
         "threads_per_job": threads,
         "draft": args.draft,
-        "timing": {"total_s": round(total_s, 1),
+        "timing": {"total_s": round(total_s, 1),  # wall clock; the parts below add up every job's time
                    "reference_s": round(sum(o.seconds for o in outcomes), 1),
                    "free_run_s": round(sum(r["free_run_seconds"] for r in rows), 1),
                    "free_run_evals": sum(r["free_run_evals"] for r in rows)},
