@@ -138,6 +138,9 @@ def run_glass(llm, density: float, prompt, gen, check_sparse: bool) -> _Run:
     llm.prefill(prompt)
     ttft = time.perf_counter() - t0
     mask_ms = llm.last_mask_ms
+    kept = llm.mask_densities()
+    if llm.method != "dense" and kept and abs(float(np.mean(kept)) - density) > 0.02:
+        raise RuntimeError(f"glass-edge installed masks keeping {np.mean(kept):.3f} of the FFN, not {density:g}")
     ops0 = llm.sparse_ops
     dt = _decode(llm, gen) if gen else 0.0
     ops = llm.sparse_ops - ops0
@@ -402,6 +405,9 @@ def _write_json(path: pathlib.Path, res: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(res, f, indent=2)
             f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

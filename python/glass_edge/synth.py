@@ -148,6 +148,12 @@ def _write_f16(path, name: str, p: Preset, seed: int, progress=None) -> None:
     w.close()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _check_output(path, p: Preset) -> None:
     """The quantized file holds exactly the preset's tensors with their shapes."""
     got = {t.name: tuple(int(x) for x in reversed(t.shape)) for t in gguf.GGUFReader(str(path)).tensors}
@@ -185,6 +191,7 @@ def write_synth_model(path, preset: str, quant: str = "q4_k_m", seed: int = 0, p
             llama_quantize.quantize(f16_tmp, out_tmp, QUANTS[quant], pure=False,
                                     nthread=os.cpu_count() or 1, progress=on_tensor)
         _check_output(out_tmp, p)
+        os.chmod(out_tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(out_tmp, path)
     finally:
         for t in tmps:
