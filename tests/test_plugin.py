@@ -3,21 +3,18 @@
 References are stock llama.cpp (tests/stock_reference.py, a subprocess without glass_edge) and
 models whose dropped neurons are zeroed in the weights.
 """
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from glass_edge import GlassLlama
+from reference_runs import N_GREEDY, greedy, stock
 from glass_edge.synth_tiny import write_tiny_model
 
 ARCHS = ["llama", "gemma3"]
 FTYPES = ["f32", "f16", "q8_0", "q4_0", "q5_0", "q4_k", "q6_k"]
 PROMPT = "the quick brown fox jumps over the lazy dog and the cat"
-N_GREEDY = 64
 GGML_NAMES = {"f32": "f32", "f16": "f16", "q8_0": "q8_0", "q4_0": "q4_0", "q5_0": "q5_0", "q4_k": "q4_K", "q6_k": "q6_K"}
 
 
@@ -38,31 +35,6 @@ def glass(path, **kw) -> GlassLlama:
     kw.setdefault("method", "griffin")
     kw.setdefault("logits_all", True)
     return GlassLlama(str(path), n_ctx=512, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False, **kw)
-
-
-def stock(path, prompt_tokens, tmp_path, n=N_GREEDY, teacher=None):
-    out = tmp_path / "stock.npz"
-    cmd = [sys.executable, str(Path(__file__).with_name("stock_reference.py")), str(path),
-           json.dumps(prompt_tokens), str(n), str(out)]
-    if teacher is not None:
-        cmd += ["--teacher", json.dumps(teacher)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    data = np.load(out)
-    return data["tokens"].tolist(), data["logits"]
-
-
-def greedy(llm: GlassLlama, prompt_tokens, n=N_GREEDY):
-    """Greedy tokens and the logits each was chosen from (seen through a logits processor)."""
-    seen = []
-
-    def record(input_ids, scores):
-        seen.append(np.array(scores, dtype=np.float32))
-        return scores
-
-    gen = llm.generate(prompt_tokens, temp=0.0, repeat_penalty=1.0, logits_processor=[record])
-    tokens = [next(gen) for _ in range(n)]
-    gen.close()
-    return tokens, np.array(seen[:n])
 
 
 @pytest.mark.parametrize("arch", ARCHS)

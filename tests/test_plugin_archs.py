@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from glass_edge import GlassLlama
+from reference_runs import N_GREEDY, greedy, stock
 from glass_edge.coverage import coverage_message, cpu_ffn_tensors
 from glass_edge.synth_tiny import write_tiny_model
 
@@ -29,7 +30,6 @@ ARCHS = ["starcoder2", "phi3"]
 FTYPES = ["f32", "q8_0", "q4_0", "q4_k"]
 GGML_NAMES = {"f32": "f32", "q8_0": "q8_0", "q4_0": "q4_0", "q4_k": "q4_K"}
 PROMPT = "the quick brown fox jumps over the lazy dog and the cat"
-N_GREEDY = 64
 N_FF = 512
 HERE = Path(__file__).parent
 
@@ -58,34 +58,11 @@ def glass(path, **kw) -> GlassLlama:
     return GlassLlama(str(path), n_ctx=512, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False, **kw)
 
 
-def stock(path, prompt_tokens, tmp_path, n=N_GREEDY, teacher=None):
-    out = tmp_path / "stock.npz"
-    cmd = [sys.executable, str(HERE / "stock_reference.py"), str(path), json.dumps(prompt_tokens), str(n), str(out)]
-    if teacher is not None:
-        cmd += ["--teacher", json.dumps(teacher)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    data = np.load(out)
-    return data["tokens"].tolist(), data["logits"]
-
-
 def stock_ffn_inputs(path, prompt_tokens, tmp_path) -> dict:
     out = tmp_path / "h.npz"
     subprocess.run([sys.executable, str(HERE / "stock_ffn_inputs.py"), str(path), json.dumps(prompt_tokens), str(out)],
                    check=True, capture_output=True, timeout=300)
     return dict(np.load(out))
-
-
-def greedy(llm: GlassLlama, prompt_tokens, n=N_GREEDY):
-    seen = []
-
-    def record(input_ids, scores):
-        seen.append(np.array(scores, dtype=np.float32))
-        return scores
-
-    gen = llm.generate(prompt_tokens, temp=0.0, repeat_penalty=1.0, logits_processor=[record])
-    tokens = [next(gen) for _ in range(n)]
-    gen.close()
-    return tokens, np.array(seen[:n])
 
 
 def f32_weights(path) -> dict:

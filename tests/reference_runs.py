@@ -1,0 +1,36 @@
+"""The two sides the plug-in tests compare: greedy decoding through GlassLlama with the logits
+each token was chosen from, and the same from stock llama.cpp in a subprocess (stock_reference.py)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+N_GREEDY = 64
+
+
+def greedy(llm, prompt_tokens, n=N_GREEDY):
+    """Greedy tokens and the logits each was chosen from (seen through a logits processor)."""
+    seen = []
+
+    def record(input_ids, scores):
+        seen.append(np.array(scores, dtype=np.float32))
+        return scores
+
+    gen = llm.generate(prompt_tokens, temp=0.0, repeat_penalty=1.0, logits_processor=[record])
+    tokens = [next(gen) for _ in range(n)]
+    gen.close()
+    return tokens, np.array(seen[:n])
+
+
+def stock(path, prompt_tokens, tmp_path, n=N_GREEDY, teacher=None):
+    """Stock llama.cpp's greedy tokens and logits (or, with teacher, logits along those tokens)."""
+    out = tmp_path / "stock.npz"
+    cmd = [sys.executable, str(Path(__file__).with_name("stock_reference.py")), str(path),
+           json.dumps(prompt_tokens), str(n), str(out)]
+    if teacher is not None:
+        cmd += ["--teacher", json.dumps(teacher)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    data = np.load(out)
+    return data["tokens"].tolist(), data["logits"]
