@@ -9,10 +9,12 @@
 #include "ffn_layout.h"
 #include "ffn_weights.h"
 #include "kernels/down_axpy.h"
+#include "kernels/down_packed.h"
 #include "kernels/gather_matvec.h"
 #include "kernels/stats.h"
 #include "masks.h"
 #include "plugin.h"
+#include "select.h"
 
 namespace py = pybind11;
 using namespace glass;
@@ -20,6 +22,7 @@ using namespace glass;
 using f32_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using i32_array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 using u8_array  = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using f64_array = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
 // ---------------------------------------------------------------------------------------------
 // Model: the FFN weights of one loaded llama_model
@@ -140,21 +143,28 @@ static f32_array kernel_gather_matvec(const u8_array & w, int type, int64_t n_co
 }
 
 // Builds the down layout from ggml bytes (n_embd rows of n_ff values) and applies it to h.
+// packed=false forces the int8 layout for types that would be packed. Returns (y, col_norm, packed).
 static py::tuple kernel_down(const u8_array & w, int type, int64_t n_ff, int64_t n_embd, const f32_array & h,
-                             const i32_array & idx, bool reference) {
+                             const i32_array & idx, bool reference, bool packed) {
     if ((size_t) w.size() != ggml_row_size((ggml_type) type, n_ff) * n_embd || h.size() != n_ff) {
         throw std::invalid_argument("weight bytes or h length do not match n_ff x n_embd");
     }
     ggml_tensor t = tensor_over((void *) w.data(), (ggml_type) type, n_ff, n_embd);
     down_layout lay;
-    down_layout_build(lay, &t, 2);
+    down_layout_build(lay, &t, 2, packed);
     std::vector<float> y(lay.n_blk * NM_BLOCK, 0.0f);
-    (reference ? down_axpy_ref : down_axpy)(lay.view(), idx.data(), idx.size(), h.data(), y.data(), 0, lay.n_blk);
+    if (lay.packed) {
+        std::vector<float> acc(y.size());
+        (reference ? down_packed_axpy_ref : down_packed_axpy)(lay.pview(), idx.data(), idx.size(), h.data(),
+                                                              y.data(), 0, lay.n_blk, acc.data());
+    } else {
+        (reference ? down_axpy_ref : down_axpy)(lay.view(), idx.data(), idx.size(), h.data(), y.data(), 0, lay.n_blk);
+    }
     f32_array out(n_embd);
     std::memcpy(out.mutable_data(), y.data(), n_embd * sizeof(float));
     f32_array norms(n_ff);
     std::memcpy(norms.mutable_data(), lay.col_norm.data(), n_ff * sizeof(float));
-    return py::make_tuple(out, norms);
+    return py::make_tuple(out, norms, lay.packed);
 }
 
 static py::tuple kernel_stats(const f32_array & h, const f32_array & col_norm) {
@@ -170,6 +180,63 @@ static py::tuple kernel_stats(const f32_array & h, const f32_array & col_norm) {
     stats_accumulate(h.data(), n_ff, 0, n_tok, col_norm.data(), ia.data(), ii.data(), 0, n_ff,
                      act.mutable_data(), imp.mutable_data());
     return py::make_tuple(act, imp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// selection (select.h): selection.py's hot path; every layer of a model in one call
+// ---------------------------------------------------------------------------------------------
+
+static f64_array vector_1d(const py::handle & h, const char * what) {
+    f64_array a = f64_array::ensure(h);
+    if (!a || a.ndim() != 1) {
+        throw std::invalid_argument(std::string(what) + " must be a 1-D float64 array");
+    }
+    return a;
+}
+
+// kinds[i] (select_kind), local[i] / global_rank[i] (arrays or None, as the kind needs), k[i]:
+// one int32 array of ascending indices per layer. w_local = lam and w_global = 1.0 - lam.
+static py::list select_layers(const std::vector<int> & kinds, const py::list & local, const py::list & global_rank,
+                              const std::vector<int64_t> & k, double w_local, double w_global, int n_threads) {
+    const size_t n_layer = kinds.size();
+    if (local.size() != n_layer || global_rank.size() != n_layer || k.size() != n_layer) {
+        throw std::invalid_argument("kinds, local, global_rank and k must have one entry per layer");
+    }
+    std::vector<f64_array> keep;   // the (possibly converted) inputs, alive while the GIL is released
+    std::vector<select_job> jobs(n_layer);
+    py::list out;
+    for (size_t il = 0; il < n_layer; ++il) {
+        select_job & job = jobs[il];
+        job.kind = kinds[il];
+        const bool need_local = job.kind == SELECT_TOPK_DESC || job.kind == SELECT_BORDA;
+        const bool need_global = job.kind == SELECT_TOPK_ASC || job.kind == SELECT_BORDA;
+        if (!need_local && !need_global) {
+            throw std::invalid_argument("unknown selection kind " + std::to_string(job.kind));
+        }
+        job.n = -1;
+        if (need_local) {
+            keep.push_back(vector_1d(local[il], "local"));
+            job.local = keep.back().data();
+            job.n = keep.back().size();
+        }
+        if (need_global) {
+            keep.push_back(vector_1d(global_rank[il], "global_rank"));
+            job.global = keep.back().data();
+            if (job.n >= 0 && job.n != keep.back().size()) {
+                throw std::invalid_argument("local and global_rank of layer " + std::to_string(il) + " differ in length");
+            }
+            job.n = keep.back().size();
+        }
+        job.k = std::min(std::max<int64_t>(k[il], 0), job.n);
+        i32_array o((py::ssize_t) job.k);
+        job.out = o.mutable_data();
+        out.append(o);
+    }
+    {
+        py::gil_scoped_release release;
+        select_run(jobs.data(), jobs.size(), w_local, w_global, n_threads);
+    }
+    return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,6 +309,34 @@ PYBIND11_MODULE(_core, m) {
     m.def("kernel_gather_matvec", &kernel_gather_matvec, py::arg("w"), py::arg("type"), py::arg("n_cols"),
           py::arg("x"), py::arg("rows"));
     m.def("kernel_down", &kernel_down, py::arg("w"), py::arg("type"), py::arg("n_ff"), py::arg("n_embd"),
-          py::arg("h"), py::arg("idx"), py::arg("reference") = false);
+          py::arg("h"), py::arg("idx"), py::arg("reference") = false, py::arg("packed") = true);
+    m.def("down_packed_path", &down_packed_path);
     m.def("kernel_stats", &kernel_stats, py::arg("h"), py::arg("col_norm"));
+
+    m.attr("SELECT_TOPK_DESC") = (int) SELECT_TOPK_DESC;
+    m.attr("SELECT_TOPK_ASC") = (int) SELECT_TOPK_ASC;
+    m.attr("SELECT_BORDA") = (int) SELECT_BORDA;
+    m.def("select_layers", &select_layers, py::arg("kinds"), py::arg("local"), py::arg("global_rank"),
+          py::arg("k"), py::arg("w_local"), py::arg("w_global"), py::arg("n_threads") = 2,
+          "Per-layer masks of selection.select (see src/glass_cpp/select.h), the GIL released");
+    m.def("select_ranks", [](const f64_array & scores) {
+        py::array_t<int64_t> r(scores.size());
+        select_ranks_desc(scores.data(), scores.size(), r.mutable_data());
+        return r;
+    }, py::arg("scores"), "selection.ranks_from_scores");
+    m.def("select_topk", [](const f64_array & score, int64_t k) {
+        i32_array o((py::ssize_t) std::min(std::max<int64_t>(k, 0), (int64_t) score.size()));
+        select_topk_by_score(score.data(), score.size(), k, o.mutable_data());
+        return o;
+    }, py::arg("score"), py::arg("k"), "selection.top_k_by_rank_score");
+    m.def("select_borda_scores", [](const f64_array & local, const f64_array & global_rank, double w_local,
+                                    double w_global) {
+        if (local.size() != global_rank.size()) {
+            throw std::invalid_argument("local and global_rank differ in length");
+        }
+        f64_array o(local.size());
+        select_borda_scores(local.data(), global_rank.data(), local.size(), w_local, w_global, o.mutable_data());
+        return o;
+    }, py::arg("local"), py::arg("global_rank"), py::arg("w_local"), py::arg("w_global"),
+       "The scores selection.aggregate ranks: w_local * ranks_from_scores(local) + w_global * global_rank");
 }

@@ -17,8 +17,11 @@ Tolerances, and why:
   gather_matvec vs W_deq @ convert(x), with convert() emulating ggml's conversion of x:
       1e-5 for every type whose x type is F32/F16/BF16/Q8_0/Q8_K (float32 rounding only);
       1e-3 for Q4_1/Q5_1, whose Q8_1 x blocks also carry their sum as f16 (not emulated).
-  kernel_down vs W_deq[:, idx] @ h[idx]: 1.5e-2 (the int8 neuron-major copy: 8 bits, one float
-    scale per 32 outputs of a neuron); vs a numpy emulation of that int8 copy: 1e-5.
+  kernel_down, packed layout (Q4_0, Q8_0, Q4_K, Q6_K; n_embd a multiple of 32) vs W_deq[:, idx] @ h[idx]:
+    the original codes and scales, the same products as ggml's dequantization: only float32
+    summation (codes weighted by h, then scaled per group) remains: 1e-5.
+  kernel_down, int8 layout (every other type, or packed=False) vs W_deq[:, idx] @ h[idx]: 1.5e-2
+    (8 bits, one float scale per 32 outputs of a neuron); vs a numpy emulation of that copy: 1e-5.
   kernel_down SIMD vs scalar path: max abs diff <= 1e-4 * max|y| (same math, FMA vs mul+add).
   col_norm vs np.linalg.norm(W_deq, axis=0): rtol 1e-4 (computed in double from W_deq).
   kernel_stats vs float64 numpy: rtol 1e-4 (float32 accumulation over a few tokens).
@@ -48,6 +51,7 @@ GATHER_TOL_QUANT = 2e-2
 GATHER_EXACT_TOL = 1e-5
 GATHER_EXACT_TOL_Q8_1 = 1e-3          # Q4_1 / Q5_1: the f16 block sum of Q8_1 is not emulated
 DOWN_TOL = 1.5e-2                     # int8 neuron-major copy vs W_deq
+PACKED_TOL = {Q.Q4_0: 1e-5, Q.Q8_0: 1e-5, Q.Q4_K: 1e-5, Q.Q6_K: 1e-5}  # packed layout vs W_deq
 DOWN_EMUL_TOL = 1e-5                  # vs a numpy emulation of the int8 copy
 SIMD_VS_REF_TOL = 1e-4                # relative to max|y|
 NORM_RTOL = 1e-4
@@ -270,14 +274,48 @@ def test_down(ffn_weight, ftype):
     w = ffn_weight(ftype, "down")
     n_embd, n_ff = w.n_rows, w.n_cols
     h, idx = _down_inputs(n_ff, seed=3)
-    y, col_norm = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h, idx, reference=False)
-    y_ref, col_norm_ref = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h, idx, reference=True)
+    y, col_norm, packed = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h, idx, reference=False)
+    y_ref, col_norm_ref, packed_ref = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h, idx, reference=True)
 
-    check_down(y, w.W, h, idx, DOWN_TOL)
-    assert rel_err(y, int8_layout_reference(w.W, h, idx)) <= DOWN_EMUL_TOL
+    assert packed == packed_ref == (w.type in PACKED_TOL and n_embd % 32 == 0)
+    if packed:   # the original codes: close to the dequantized weights themselves
+        check_down(y, w.W, h, idx, PACKED_TOL[w.type])
+    else:
+        check_down(y, w.W, h, idx, DOWN_TOL)
+        assert rel_err(y, int8_layout_reference(w.W, h, idx)) <= DOWN_EMUL_TOL
     np.testing.assert_allclose(col_norm, np.linalg.norm(w.W, axis=0), rtol=NORM_RTOL)
     np.testing.assert_array_equal(col_norm, col_norm_ref)
     assert np.max(np.abs(y - y_ref)) <= SIMD_VS_REF_TOL * np.max(np.abs(y))
+
+
+@pytest.mark.parametrize("ftype", ["q8_0", "q4_0", "q4_k", "q6_k"])
+def test_down_int8_when_asked(ffn_weight, ftype):
+    """packed=False builds the int8 copy for a packable type (the fallback path stays tested)."""
+    w = ffn_weight(ftype, "down")
+    n_embd, n_ff = w.n_rows, w.n_cols
+    h, idx = _down_inputs(n_ff, seed=5)
+    y, _, packed = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h, idx, packed=False)
+    assert not packed
+    check_down(y, w.W, h, idx, DOWN_TOL)
+    assert rel_err(y, int8_layout_reference(w.W, h, idx)) <= DOWN_EMUL_TOL
+
+
+@pytest.mark.parametrize("ftype", ["q8_0", "q4_0", "q4_k", "q6_k"])
+def test_down_packed_reads_only_kept_neurons(ffn_weight, ftype):
+    """Unselected neurons' activations are never read (NaN there changes nothing), and a single
+    neuron per scale group, or every neuron, gives the same result as the dense reference."""
+    w = ffn_weight(ftype, "down")
+    n_embd, n_ff = w.n_rows, w.n_cols
+    rng = np.random.default_rng(6)
+    h = rng.standard_normal(n_ff).astype(np.float32)
+    for idx in (np.arange(0, n_ff, 32, dtype=np.int32), np.arange(5, n_ff, 17, dtype=np.int32),
+                np.arange(n_ff, dtype=np.int32)):
+        h_poisoned = np.full(n_ff, np.nan, np.float32)
+        h_poisoned[idx] = h[idx]
+        for ref_path in (False, True):
+            y, _, packed = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h_poisoned, idx, reference=ref_path)
+            assert packed
+            check_down(y, w.W, h, idx, PACKED_TOL[w.type])
 
 
 @pytest.mark.parametrize("ftype", ["f32", "q8_0", "q4_k", "q6_k"])
@@ -286,10 +324,10 @@ def test_down_empty_and_all(ffn_weight, ftype):
     n_embd, n_ff = w.n_rows, w.n_cols
     h = np.random.default_rng(4).standard_normal(n_ff).astype(np.float32)
     for ref_path in (False, True):
-        y, _ = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h, np.zeros(0, np.int32), reference=ref_path)
+        y, _, _ = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h, np.zeros(0, np.int32), reference=ref_path)
         np.testing.assert_array_equal(y, np.zeros(n_embd, np.float32))
         idx = np.arange(n_ff, dtype=np.int32)
-        y, _ = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h, idx, reference=ref_path)
+        y, _, _ = _core.kernel_down(w.raw, int(w.type), n_ff, n_embd, h, idx, reference=ref_path)
         check_down(y, w.W, h, idx, DOWN_TOL)
 
 
@@ -307,7 +345,7 @@ def test_down_f32_odd_shapes(n_embd, n_ff):
     W64 = W.astype(np.float64)
     outs = []
     for ref_path in (False, True):
-        y, col_norm = _core.kernel_down(raw, 0, n_ff, n_embd, h_poisoned, idx, reference=ref_path)
+        y, col_norm, _ = _core.kernel_down(raw, 0, n_ff, n_embd, h_poisoned, idx, reference=ref_path)
         check_down(y, W64, h, idx, DOWN_TOL)
         assert rel_err(y, int8_layout_reference(W64, h, idx)) <= DOWN_EMUL_TOL
         np.testing.assert_allclose(col_norm, np.linalg.norm(W64, axis=0), rtol=NORM_RTOL)
@@ -327,8 +365,8 @@ def test_down_zero_activation_is_skipped():
     base = np.array([1, 10, 20, 60], np.int32)
     both = np.union1d(base, zeros).astype(np.int32)
     for ref_path in (False, True):
-        y0, _ = _core.kernel_down(raw, 0, n_ff, n_embd, h, base, reference=ref_path)
-        y1, _ = _core.kernel_down(raw, 0, n_ff, n_embd, h, both, reference=ref_path)
+        y0, _, _ = _core.kernel_down(raw, 0, n_ff, n_embd, h, base, reference=ref_path)
+        y1, _, _ = _core.kernel_down(raw, 0, n_ff, n_embd, h, both, reference=ref_path)
         np.testing.assert_array_equal(y0, y1)
 
 
@@ -343,6 +381,7 @@ def test_down_rejects_bad_sizes():
 
 def test_down_path_name():
     assert _core.down_axpy_path() in ("avx512", "avx2", "neon", "scalar")
+    assert _core.down_packed_path() in ("avx512", "avx2", "neon", "scalar")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,7 +492,7 @@ def test_wrong_reference_is_caught(ffn_weight, ftype):
     h = rng.standard_normal(w.n_cols).astype(np.float32)
     perm = rng.permutation(w.n_cols).astype(np.int32)
     idx_a, idx_b = np.sort(perm[:100]), np.sort(perm[100:200])
-    y, col_norm = _core.kernel_down(w.raw, int(w.type), w.n_cols, w.n_rows, h, idx_a)
+    y, col_norm, _ = _core.kernel_down(w.raw, int(w.type), w.n_cols, w.n_rows, h, idx_a)
     check_down(y, w.W, h, idx_a, DOWN_TOL)
     with pytest.raises(AssertionError):
         check_down(y, w.W, h, idx_b, DOWN_TOL)

@@ -1,11 +1,15 @@
 """Neuron selection: which FFN neurons each layer keeps for decode.
 
-Everything here is numpy on per-layer statistic vectors (one value per FFN neuron):
+The functions here are numpy on per-layer statistic vectors (one value per FFN neuron):
   local  -- from this prompt's dense prefill (activation or impact statistic, see kernels/stats.h)
   global -- the model's prior, computed offline (prior.py), stored as ranks
 A method turns them into, per layer, the ascending indices of the k = round(density * n_ff)
 neurons to keep. Rank 0 is the most important neuron; ties always go to the lower index, so every
 selection is deterministic.
+
+select() runs griffin / global / a-glass / i-glass through the C++ core (src/glass_cpp/select.h:
+all layers in one call, bit-identical to these numpy functions, which stay the reference) when
+glass_edge._core is available, and falls back to numpy otherwise.
 """
 from __future__ import annotations
 
@@ -96,6 +100,94 @@ def select(method: str, density: float, *, n_ff: Sequence[int], local_act=None, 
     """
     check_method(method)
     check_density(density)
+    core = _cpp() if method in _CPP_METHODS else None
+    weights = _borda_weights(lam) if method in ("a-glass", "i-glass") else (1.0, 0.0)  # (unused)
+    if core is None or weights is None:
+        return _select_numpy(method, density, n_ff=n_ff, local_act=local_act, local_imp=local_imp,
+                             local_rows=local_rows, prior=prior, lam=lam, seed=seed)
+    masks = [None] * len(n_ff)
+    layers, kinds, local, glob, ks = [], [], [], [], []
+    for il, nf in enumerate(n_ff):
+        if nf == 0:
+            continue
+        k = n_keep(density, nf)
+        if method in NEEDS_LOCAL and (local_rows is None or local_rows[il] == 0):
+            if method == "griffin" or prior is None:
+                continue
+            prior_rank = prior.act_rank[il] if method == "a-glass" else prior.imp_rank[il]
+            kind, loc, gl = core.SELECT_TOPK_ASC, None, prior_rank
+            layer_numpy = lambda: top_k_by_rank_score(prior_rank, k)  # noqa: E731
+        else:
+            kw = dict(local_act=None if local_act is None else local_act[il],
+                      local_imp=None if local_imp is None else local_imp[il],
+                      global_act_rank=None if prior is None else prior.act_rank[il],
+                      global_imp_rank=None if prior is None else prior.imp_rank[il])
+            kind, loc, gl = {
+                "griffin": (core.SELECT_TOPK_DESC, kw["local_act"], None),
+                "global": (core.SELECT_TOPK_ASC, None, kw["global_act_rank"]),
+                "a-glass": (core.SELECT_BORDA, kw["local_act"], kw["global_act_rank"]),
+                "i-glass": (core.SELECT_BORDA, kw["local_imp"], kw["global_imp_rank"]),
+            }[method]
+            layer_numpy = lambda: select_layer(method, density, n_ff=nf, lam=lam, **kw)  # noqa: E731
+        loc = _as_vector(loc, nf, kind != core.SELECT_TOPK_ASC)
+        gl = _as_vector(gl, nf, kind != core.SELECT_TOPK_DESC)
+        if loc is False or gl is False:  # missing or misshapen statistics: numpy's result (or error)
+            masks[il] = layer_numpy()
+            continue
+        layers.append(il)
+        kinds.append(kind)
+        local.append(loc)
+        glob.append(gl)
+        ks.append(k)
+    if layers:
+        for il, m in zip(layers, core.select_layers(kinds, local, glob, ks, *weights)):
+            masks[il] = m
+    return masks
+
+
+_CPP_METHODS = {"griffin", "global", "a-glass", "i-glass"}
+_CORE = None    # glass_edge._core once looked up (False: unavailable, numpy only)
+
+
+def _cpp():
+    """The C++ core if it can select, else None."""
+    global _CORE
+    if _CORE is None:
+        try:
+            from . import _core
+        except ImportError:
+            _CORE = False
+        else:
+            _CORE = _core if hasattr(_core, "select_layers") else False
+    return _CORE or None
+
+
+def _borda_weights(lam):
+    """(lam, 1.0 - lam) as the doubles aggregate()'s numpy expression multiplies the float64 ranks
+    by, or None when numpy would compute in another precision (e.g. a long double lam)."""
+    try:
+        w_global = 1.0 - lam
+        if all(np.result_type(w, np.float64) == np.float64 for w in (lam, w_global)):
+            return float(lam), float(w_global)
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+def _as_vector(x, n, needed):
+    """x as the float64 vector numpy's functions would rank (None when not needed); False when
+    it is missing or not a length-n vector, which is left to the numpy path."""
+    if not needed:
+        return None
+    if x is None:
+        return False
+    v = np.asarray(x, dtype=np.float64)
+    return np.ascontiguousarray(v) if v.ndim == 1 and v.size == n else False
+
+
+def _select_numpy(method: str, density: float, *, n_ff: Sequence[int], local_act=None, local_imp=None,
+                  local_rows=None, prior=None, lam: float = 0.5, seed: int = 0) -> list:
+    """select() in numpy alone: the reference for the C++ path, and the path of `random`."""
     rng = np.random.default_rng(seed)
     masks = []
     for il, nf in enumerate(n_ff):

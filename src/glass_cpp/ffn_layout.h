@@ -1,9 +1,11 @@
 // ffn_layout: the weight layouts the sparse path reads, behind one small interface.
 //
 // up/gate are read in place (their rows are neurons). ffn_down's neurons are its columns, so a
-// neuron-major copy of it is built once per model: int8 rows with one float scale per 32 values
-// (about 1.1 bytes per weight), plus each neuron's column norm ||W_down[:, j]|| for the impact
-// statistic. Reading a selected neuron's row reads only that neuron's bytes.
+// neuron-major copy of it is built once per model, plus each neuron's column norm ||W_down[:, j]||
+// for the impact statistic. Reading a selected neuron's row reads only that neuron's bytes.
+//   packed  Q4_0, Q4_K, Q6_K, Q8_0 (the types of Q4_0 / Q4_K_M / Q8_0 models): the original codes
+//           and scales re-laid out (kernels/down_packed.h), as many bytes as the original
+//   int8    every other type: int8 rows with one float scale per 32 values (~1.1 bytes/weight)
 #pragma once
 
 #include <cstdint>
@@ -11,24 +13,50 @@
 
 #include "ggml.h"
 #include "kernels/down_axpy.h"
+#include "kernels/down_packed.h"
 
 namespace glass {
+
+// The packed layout's data (see kernels/down_packed.h).
+struct down_packed_data {
+    pk_codes code = pk_codes::u4;
+    int zero = 0;
+    int group = 32;
+    int super = 32;
+    std::vector<uint8_t>  codes;   // [n_ff][n_blk * pk_block_bytes(code)]
+    std::vector<uint16_t> da, db;  // fp16 [n_ff / super][n_embd]; db empty: no offset
+    std::vector<int8_t>   sa, sb;  // [n_ff / group][n_embd]; empty: 1 (sa) / no offset (sb)
+};
 
 struct down_layout {
     int64_t n_ff   = 0;          // neurons
     int64_t n_embd = 0;          // outputs
     int64_t n_blk  = 0;          // ceil(n_embd / 32)
-    std::vector<int8_t> q;       // [n_ff][n_blk * 32]
-    std::vector<float>  d;       // [n_ff][n_blk]
+    bool packed = false;         // packed (below) or int8 (q, d)
+    down_packed_data pk;
+    std::vector<int8_t> q;       // int8: [n_ff][n_blk * 32]
+    std::vector<float>  d;       // int8: [n_ff][n_blk]
     std::vector<float>  col_norm;  // [n_ff], from the original (dequantized) weights
 
     nm_matrix_view view() const { return {q.data(), d.data(), n_ff, n_blk}; }
-    size_t bytes() const { return q.size() + d.size() * sizeof(float) + col_norm.size() * sizeof(float); }
+    packed_view pview() const {
+        return {pk.codes.data(), pk.da.data(), pk.sa.empty() ? nullptr : pk.sa.data(),
+                pk.db.empty() ? nullptr : pk.db.data(), pk.sb.empty() ? nullptr : pk.sb.data(),
+                pk.code, pk.zero, pk.group, pk.super, n_ff, n_embd, n_blk};
+    }
+    size_t bytes() const {
+        return q.size() + d.size() * sizeof(float) + col_norm.size() * sizeof(float) + pk.codes.size() +
+               (pk.da.size() + pk.db.size()) * sizeof(uint16_t) + pk.sa.size() + pk.sb.size();
+    }
 };
 
+// Can a weight of this type and shape use the packed layout?
+bool down_packable(ggml_type type, int64_t n_ff, int64_t n_embd);
+
 // Builds the neuron-major copy of a ggml ffn_down weight (ne0 = n_ff, ne1 = n_embd, any type
-// ggml can dequantize), with n_threads threads.
-void down_layout_build(down_layout & out, const ggml_tensor * down, int n_threads);
+// ggml can dequantize), with n_threads threads: packed when down_packable and allow_packed, else
+// int8.
+void down_layout_build(down_layout & out, const ggml_tensor * down, int n_threads, bool allow_packed = true);
 
 // The same from F32 data laid out like ggml's: n_embd rows of n_ff values (used by tests).
 void down_layout_build_f32(down_layout & out, const float * w, int64_t n_ff, int64_t n_embd);

@@ -198,6 +198,16 @@ static void op_down(ggml_tensor *, int ith, int nth, void * ud) {
         return;
     }
     const int64_t n_out = std::min<int64_t>(b1 * NM_BLOCK, lay.n_embd) - b0 * NM_BLOCK;
+    if (lay.packed) {  // n_embd is a multiple of 32 here
+        thread_local std::vector<float> acc;  // one scale group's weighted code sums
+        acc.resize(n_out);
+        for (int64_t t = 0; t < j.x->ne[1]; ++t) {
+            float * y = row_f32(j.out, t) + b0 * NM_BLOCK;
+            memset(y, 0, n_out * sizeof(float));
+            down_packed_axpy(lay.pview(), j.idx, j.k, row_f32(j.x, t), y, b0, b1, acc.data());
+        }
+        return;
+    }
     const bool whole = n_out == (b1 - b0) * NM_BLOCK;
     thread_local std::vector<float> tail;  // the last block when n_embd is not a multiple of 32
     for (int64_t t = 0; t < j.x->ne[1]; ++t) {

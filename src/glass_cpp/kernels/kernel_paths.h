@@ -28,6 +28,7 @@ namespace glass {
 struct cpu_caps {
     bool avx2_fma = false;  // x86 AVX2 and FMA3
     bool avx512f  = false;  // x86 AVX-512 Foundation
+    bool f16c     = false;  // x86 half <-> float conversions
     bool neon     = false;  // aarch64 ASIMD
     bool dotprod  = false;  // aarch64 SDOT/UDOT (reported only, see above)
     bool i8mm     = false;  // aarch64 SMMLA (reported only)
@@ -40,6 +41,7 @@ inline cpu_caps cpu_caps_detect() {
     // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0)
     c.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     c.avx512f  = __builtin_cpu_supports("avx512f");
+    c.f16c     = c.avx2_fma;  // F16C predates AVX2 (Ivy Bridge): every AVX2 CPU has it
 #elif defined(__aarch64__)
     c.neon = true;
 #if defined(__linux__)
