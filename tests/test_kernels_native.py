@@ -82,6 +82,7 @@ def test_every_simd_path_matches_its_scalar_reference(test_kernels_bin):
     # the summary lists each compared path with a case count
     for p in required:
         assert re.search(rf"^down_axpy/{p}\s+[1-9]\d*\s", r.stdout, re.M), r.stdout
+        assert re.search(rf"^down_packed/{p}\s+[1-9]\d*\s", r.stdout, re.M), r.stdout
     for t in ("q4_0", "q4_K", "q6_K", "f16", "bf16", "iq4_nl"):
         assert re.search(rf"^gather_matvec/ggml-{t}\s+[1-9]\d*\s", r.stdout, re.M), r.stdout
 

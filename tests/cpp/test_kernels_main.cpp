@@ -16,10 +16,15 @@
 
 #include "ggml-cpu.h"
 #include "kernels/down_axpy.h"
+#include "kernels/down_packed.h"
 #include "kernels/stats.h"
 #include "test_util.h"
 
 using namespace ktest;
+
+namespace ktest {
+void test_down_packed();  // test_down_packed.cpp
+}
 
 namespace {
 
@@ -63,13 +68,19 @@ int main(int argc, char ** argv) {
     print_cpu();
     std::vector<compiled_path> compiled;
     list_paths("down_axpy", glass::down_axpy_paths(), compiled);
+    list_paths("down_packed", glass::down_packed_paths(), compiled);
     list_paths("stats", glass::stats_paths(), compiled);
 
     for (const auto & [family, run] : {std::pair<const char *, void (*)()>{"down_axpy", test_down_axpy},
-                                       {"stats", test_stats}, {"gather_matvec", test_gather_matvec}}) {
+                                       {"down_packed", test_down_packed},
+                                       {"stats", test_stats},
+                                       {"gather_matvec", test_gather_matvec}}) {
         const auto t0 = std::chrono::steady_clock::now();
+        const tally_t before = tally();
         run();
-        std::printf("%s: %.2f s\n", family, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        std::printf("%s: %lld checks, %lld failures, %.2f s\n", family, (long long) (tally().checks - before.checks),
+                    (long long) (tally().failures - before.failures),
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
 
     std::printf("\n%-28s %8s %14s\n", "path", "cases", "worst err/tol");
