@@ -29,16 +29,47 @@ using f64_array = py::array_t<double, py::array::c_style | py::array::forcecast>
 // ---------------------------------------------------------------------------------------------
 
 struct py_model {
-    std::shared_ptr<ffn_model> m = std::make_shared<ffn_model>();
+    std::shared_ptr<ffn_model> m;
 };
 
 static py_model model_from_loaded() {
-    py_model pm;
+    // while the model lives, the device takes its FFN matmuls wherever the weights live
+    py_model pm{std::shared_ptr<ffn_model>(new ffn_model, [](ffn_model * m) {
+        plugin_known_remove(ffn_model_weights(*m));
+        delete m;
+    })};
     const std::string err = ffn_model_build(*pm.m, plugin_weights_take());
     if (!err.empty()) {
         throw std::runtime_error(err);
     }
+    plugin_known_add(ffn_model_weights(*pm.m));
     return pm;
+}
+
+// Weights without plain bytes yet (llama.cpp repacked them): [(name, file-independent size)].
+static py::list model_missing_plain(const py_model & pm) {
+    py::list out;
+    for (const auto & kv : pm.m->roles) {
+        if (pm.m->layers[kv.second.first].plain[kv.second.second] == nullptr) {
+            out.append(py::make_tuple(std::string(kv.first->name), (size_t) ggml_nbytes(kv.first)));
+        }
+    }
+    return out;
+}
+
+static void model_set_plain(py_model & pm, const std::string & name, uintptr_t address, bool releasable) {
+    if (pm.m->prepared) {
+        throw std::runtime_error("set_plain() after prepare()");
+    }
+    for (const auto & kv : pm.m->roles) {
+        if (name == kv.first->name) {
+            ffn_layer & L = pm.m->layers[kv.second.first];
+            L.plain[kv.second.second] = (const void *) address;
+            L.plain_releasable[kv.second.second] = releasable;
+            return;
+        }
+    }
+    throw std::invalid_argument("no FFN weight named " + name);
 }
 
 static py::list model_layers(const py_model & pm) {
@@ -256,6 +287,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("down_axpy_path", &down_axpy_path);
     m.def("set_claim_all_matmuls", &plugin_set_claim_all_matmuls,
           "Loads while on keep every matmul weight unrepacked in the plug-in's buffer");
+    m.def("set_stock_placement", &plugin_set_stock_placement,
+          "While on, loads leave FFN weights where stock llama.cpp puts them (see plugin.h)");
     m.def("set_plugin_enabled", &plugin_set_enabled,
           "Loads while off place no weight on the GLASS device (stock llama.cpp, e.g. a benchmark's reference)");
     m.def("weights_begin", &plugin_weights_begin, "Forget FFN weights seen so far (call before a load)");
@@ -266,9 +299,19 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("layers", &model_layers)
         .def_property_readonly("prepared", [](const py_model & pm) { return pm.m->prepared; })
         .def("prepare", [](py_model & pm, int n_threads) {
-            py::gil_scoped_release release;
-            ffn_model_prepare(*pm.m, n_threads);
+            std::string err;
+            {
+                py::gil_scoped_release release;
+                err = ffn_model_prepare(*pm.m, n_threads);
+            }
+            if (!err.empty()) {
+                throw std::runtime_error(err);
+            }
         }, py::arg("n_threads"))
+        .def("missing_plain", &model_missing_plain)
+        .def("set_plain", &model_set_plain, py::arg("name"), py::arg("address"), py::arg("releasable") = false,
+             "The plain-layout bytes of a weight llama.cpp repacked (they must outlive the model); "
+             "releasable: read-only file pages that prepare() may drop once it has its own copy")
         .def("layout_bytes", [](const py_model & pm) {
             size_t b = 0;
             for (const auto & L : pm.m->layers) b += L.layout.bytes();

@@ -16,7 +16,7 @@ from typing import Optional
 import llama_cpp
 import numpy as np
 
-from . import _core
+from . import _core, plain_bytes
 from .call_overrides import CallOverrides
 from .coverage import warn_cpu_ffn
 from .chat_template import use_fallback_chat_format
@@ -67,19 +67,34 @@ class GlassLlama(CallOverrides, llama_cpp.Llama):
         self._prior_arg = prior   # a Prior, a calibrated GGUF path, or None (find or compute one)
         self._prior = None
         self._glass_ctx = _core.Context()
+        # Stock placement: FFN weights stay where llama.cpp puts them (repacked where it repacks),
+        # so prefill and dense layers run stock kernels; the sparse kernels read the repacked
+        # weights' plain bytes from llama.cpp's mapping of the file (plain_bytes.py). Without
+        # mmap those bytes are gone, so the plug-in keeps the FFN weights in plain layout itself.
+        stock_placement = repack and kwargs.get("use_mmap", True)
         with _construct_lock:
             _core.weights_begin()
             _core.set_claim_all_matmuls(not repack)
+            _core.set_stock_placement(stock_placement)
             self._glass_ctx.expect()
             try:
                 super().__init__(model_path, *args, **kwargs)
             finally:
                 attached = _core.Context.attached()
                 _core.set_claim_all_matmuls(False)
+                _core.set_stock_placement(False)
             self._glass_model = _core.Model.from_loaded()
         if not attached:
             raise RuntimeError("glass-edge: llama.cpp did not create a GLASS backend for this context")
         use_fallback_chat_format(self, kwargs.get("chat_format"), kwargs.get("chat_handler"))
+        self._plain = None
+        repacked = self._glass_model.missing_plain()
+        if repacked:
+            self._plain = plain_bytes.locate(model_path, repacked)
+            for name, (address, _, _) in self._plain.addresses.items():
+                # nothing but the sparse path reads a repacked weight's file pages: prepare()
+                # copies them to huge pages / builds down's copy and releases them layer by layer
+                self._glass_model.set_plain(name, address, releasable=True)
         self._glass_model.prepare(self.n_threads)
         self._glass_ctx.bind(self._glass_model)
         self._n_ff = [layer["n_ff"] for layer in self._glass_model.layers]

@@ -2,14 +2,39 @@
 // int8 for the other types).
 #include "ffn_layout.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <new>
 #include <thread>
 
 namespace glass {
+
+void huge_bytes::assign(size_t n) {
+    constexpr size_t HUGE_PAGE = 2u << 20;
+    p_.reset();
+    n_ = 0;
+    if (n == 0) {
+        return;
+    }
+    void * p = nullptr;
+    if (posix_memalign(&p, HUGE_PAGE, n) != 0) {
+        throw std::bad_alloc();
+    }
+    p_.reset((uint8_t *) p);
+    n_ = n;
+#ifdef MADV_HUGEPAGE
+    // only whole huge pages: a huge page over the tail would be memory the buffer does not use
+    if (n >= HUGE_PAGE) {
+        madvise(p, n / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE);  // a hint: without THP, 4 KB pages
+    }
+#endif
+    memset(p, 0, n);
+}
 
 // ---------------------------------------------------------------------------------------------
 // packed: the original blocks' codes and scales, decoded one block at a time
@@ -143,7 +168,7 @@ static bool build_packed(down_layout & out, const ggml_tensor * down, int n_thre
     const bool has_b = type == GGML_TYPE_Q4_K;
     const int grp_per_blk = (int) (bs / pk.group);
     const size_t row_bytes = (size_t) out.n_blk * pk_block_bytes(pk.code);
-    pk.codes.assign(row_bytes * n_ff, 0);
+    pk.codes.assign(row_bytes * n_ff);
     pk.da.assign((size_t) (n_ff / pk.super) * n_embd, 0);
     if (has_sa) {
         pk.sa.assign((size_t) (n_ff / pk.group) * n_embd, 0);

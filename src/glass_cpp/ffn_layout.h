@@ -9,6 +9,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <vector>
 
 #include "ggml.h"
@@ -17,13 +19,31 @@
 
 namespace glass {
 
+// Zero-filled bytes on transparent huge pages where the system allows it (THP "madvise" mode):
+// the sparse down jumps from one scattered neuron row to the next, and with 4 KB pages each jump
+// is a TLB miss; a layer's 2 MB pages fit the TLB.
+class huge_bytes {
+public:
+    void assign(size_t n);
+    uint8_t * data() { return p_.get(); }
+    const uint8_t * data() const { return p_.get(); }
+    size_t size() const { return n_; }
+
+private:
+    struct release {
+        void operator()(uint8_t * p) const { std::free(p); }
+    };
+    std::unique_ptr<uint8_t, release> p_;
+    size_t n_ = 0;
+};
+
 // The packed layout's data (see kernels/down_packed.h).
 struct down_packed_data {
     pk_codes code = pk_codes::u4;
     int zero = 0;
     int group = 32;
     int super = 32;
-    std::vector<uint8_t>  codes;   // [n_ff][n_blk * pk_block_bytes(code)]
+    huge_bytes            codes;   // [n_ff][n_blk * pk_block_bytes(code)]
     std::vector<uint16_t> da, db;  // fp16 [n_ff / super][n_embd]; db empty: no offset
     std::vector<int8_t>   sa, sb;  // [n_ff / group][n_embd]; empty: 1 (sa) / no offset (sb)
 };

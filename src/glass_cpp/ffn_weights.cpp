@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <cstring>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 namespace glass {
 
 bool ffn_name_parse(const char * name, int * layer, ffn_role * role) {
@@ -40,6 +43,7 @@ std::string ffn_model_build(ffn_model & model, const std::vector<ggml_tensor *> 
         }
         ffn_layer & L = model.layers[il];
         (role == FFN_UP ? L.up : role == FFN_GATE ? L.gate : L.down) = t;
+        L.plain[role] = t->buffer && ggml_backend_buffer_is_host(t->buffer) ? t->data : nullptr;
         model.roles[t] = {il, role};
     }
     for (size_t il = 0; il < model.layers.size(); ++il) {
@@ -68,16 +72,57 @@ std::string ffn_model_build(ffn_model & model, const std::vector<ggml_tensor *> 
     return "";
 }
 
-void ffn_model_prepare(ffn_model & model, int n_threads) {
+std::vector<ggml_tensor *> ffn_model_weights(const ffn_model & model) {
+    std::vector<ggml_tensor *> out;
+    for (const auto & kv : model.roles) {
+        out.push_back((ggml_tensor *) kv.first);
+    }
+    return out;
+}
+
+// Drops the whole pages inside [p, p + n) of a read-only file mapping from this process (they are
+// read again from the page cache if ever touched).
+static void release_pages(const void * p, size_t n) {
+    const uintptr_t page = (uintptr_t) sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t) p + page - 1) / page * page;
+    const uintptr_t hi = ((uintptr_t) p + n) / page * page;
+    if (hi > lo) {
+        madvise((void *) lo, hi - lo, MADV_DONTNEED);
+    }
+}
+
+std::string ffn_model_prepare(ffn_model & model, int n_threads) {
     if (model.prepared) {
-        return;
+        return "";
+    }
+    for (const auto & kv : model.roles) {
+        if (model.layers[kv.second.first].plain[kv.second.second] == nullptr) {
+            return std::string("no plain bytes for ") + kv.first->name;
+        }
     }
     for (ffn_layer & L : model.layers) {
+        for (ffn_role role : {FFN_UP, FFN_GATE}) {
+            const ggml_tensor * t = role == FFN_UP ? L.up : L.gate;
+            if (t && L.plain_releasable[role]) {
+                // scattered rows: 2 MB pages spare a TLB miss per gathered row
+                L.owned_plain[role].assign(ggml_nbytes(t));
+                memcpy(L.owned_plain[role].data(), L.plain[role], ggml_nbytes(t));
+                release_pages(L.plain[role], ggml_nbytes(t));
+                L.plain[role] = L.owned_plain[role].data();
+                L.plain_releasable[role] = false;
+            }
+        }
         if (L.down) {
-            down_layout_build(L.layout, L.down, n_threads);
+            ggml_tensor plain_down = *L.down;  // the same shape, reading the plain bytes
+            plain_down.data = (void *) L.plain[FFN_DOWN];
+            down_layout_build(L.layout, &plain_down, n_threads);
+            if (L.plain_releasable[FFN_DOWN]) {
+                release_pages(L.plain[FFN_DOWN], ggml_nbytes(L.down));
+            }
         }
     }
     model.prepared = true;
+    return "";
 }
 
 }  // namespace glass

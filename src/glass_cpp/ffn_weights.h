@@ -1,6 +1,6 @@
 // ffn_weights: which tensors are FFN weights, and the per-model table of them.
 //
-// The plug-in owns `blk.N.ffn_{up,gate,down}.weight` of every model loaded while it is registered
+// The plug-in takes the matmuls of `blk.N.ffn_{up,gate,down}.weight` of the models it serves
 // (dense FFNs of llama, mistral, qwen2/3, gemma2/3, phi3, gpt-style up+down FFNs, ...). MoE expert
 // tensors (`ffn_*_exps`, `ffn_*_shexp`) have other names and stay with the CPU backend.
 #pragma once
@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include "ggml-backend.h"
 #include <vector>
 
 #include "ggml.h"
@@ -28,6 +29,14 @@ struct ffn_layer {
     int64_t n_embd = 0;
     int64_t n_ff   = 0;
     bool gate_in_up = false;       // phi3-style fused up: rows [0, n_ff) gate, [n_ff, 2 n_ff) up
+    // each weight's bytes in ggml's plain layout, indexed by ffn_role: its data when it lives in a
+    // host buffer; for a weight llama.cpp repacked, the model file's bytes (set by the loader)
+    const void * plain[3] = {nullptr, nullptr, nullptr};
+    // plain bytes that are file pages nothing but the sparse path reads (a weight llama.cpp
+    // repacked): prepare() moves up/gate into huge-page memory (owned_plain) and builds down's
+    // layout, releasing the file pages layer by layer, so memory never holds both
+    bool plain_releasable[3] = {false, false, false};
+    huge_bytes owned_plain[2];
     down_layout layout;            // sparse-friendly copy of `down` (built by ffn_model_prepare)
 };
 
@@ -41,7 +50,11 @@ struct ffn_model {
 // Returns an error message, or "" when every layer has a consistent up/down pair.
 std::string ffn_model_build(ffn_model & model, const std::vector<ggml_tensor *> & weights);
 
-// Builds the down layouts (and column norms) of every layer, with n_threads threads.
-void ffn_model_prepare(ffn_model & model, int n_threads);
+// Every weight of the table (for the device's list of weights it takes).
+std::vector<ggml_tensor *> ffn_model_weights(const ffn_model & model);
+
+// Builds the down layouts (and column norms) of every layer, with n_threads threads. Returns an
+// error message, or "" (every weight must have its plain bytes by then).
+std::string ffn_model_prepare(ffn_model & model, int n_threads);
 
 }  // namespace glass

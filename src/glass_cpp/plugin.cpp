@@ -1,14 +1,20 @@
-// plugin: the ggml backend device "GLASS" that owns the FFN weights inside stock llama.cpp.
+// plugin: the ggml backend device "GLASS" that takes the FFN matmuls inside stock llama.cpp.
 //
 // llama.cpp puts every registered ACCEL device ahead of the CPU: it asks our device first where
-// to place each weight, and adds one backend of ours to every new context. We answer yes for the
-// FFN matmuls (and the GLU between them), so the FFN weights live in our (host) buffer type and
-// the FFN ops of every graph come to our graph_compute. There we rebuild the split as a CPU graph:
-// ops with no mask stay exactly as they are (computed by an inner CPU backend, so dense results
-// are ggml's own), and each masked matmul becomes a custom op running our sparse kernels in the
-// same CPU thread pool.
+// to place each weight, and adds one backend of ours to every new context. Two placements:
+//   stock placement (GlassLlama's default): during the load we decline every weight, so llama.cpp
+//     places the FFN weights as it always does (repacked for the CPU where it repacks); at run
+//     time we take the matmuls of the FFN weights of live models wherever they live.
+//   own buffer (no mmap, or repack=False): we answer yes for the FFN matmuls at load, so the FFN
+//     weights live in our (host, plain-layout) buffer type.
+// Either way the FFN ops of every graph (and the GLU between them) come to our graph_compute.
+// There we rebuild the split as a CPU graph: ops with no mask stay exactly as they are (computed
+// by an inner CPU backend, so dense results are ggml's own, repacked kernels included), and each
+// masked matmul becomes a custom op running our sparse kernels on the weights' plain bytes, in
+// the same CPU thread pool.
 #include "plugin.h"
 
+#include <sys/mman.h>
 #include <sys/sysinfo.h>
 
 #include <cstdlib>
@@ -16,6 +22,7 @@
 #include <deque>
 #include <atomic>
 #include <mutex>
+#include <unordered_set>
 
 #include "ggml-backend-impl.h"
 #include "ggml-cpu.h"
@@ -34,6 +41,10 @@ static std::shared_ptr<glass_context> g_pending_context;
 static bool g_pending_attached = false;
 static std::atomic<bool> g_claim_all_matmuls{false};  // loads with CPU repacking off (see plugin.h)
 static std::atomic<bool> g_enabled{true};             // off: the device claims nothing (see plugin.h)
+static std::atomic<bool> g_stock_placement{false};    // loads leave FFN weights where llama.cpp puts them
+static bool g_recording = false;                      // between weights_begin and weights_take
+static std::unordered_set<const ggml_tensor *> g_recorded;
+static std::unordered_set<const ggml_tensor *> g_known;  // FFN weights of live models
 
 extern ggml_backend_buffer_type g_buft;
 extern ggml_backend_device g_device;
@@ -64,7 +75,9 @@ static ggml_status buffer_init_tensor(ggml_backend_buffer_t, ggml_tensor * t) {
     ffn_role role;
     if (t->view_src == nullptr && ffn_name_parse(t->name, &il, &role)) {
         std::lock_guard<std::mutex> lock(g_mutex);
-        g_loaded_weights.push_back(t);
+        if (g_recorded.insert(t).second) {
+            g_loaded_weights.push_back(t);
+        }
     }
     return GGML_STATUS_SUCCESS;
 }
@@ -116,11 +129,20 @@ static constexpr size_t ALIGNMENT = 64;
 static const char * buft_get_name(ggml_backend_buffer_type_t) { return "GLASS"; }
 
 static ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
-    const size_t padded = ((size > 0 ? size : 1) + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
-    void * base = aligned_alloc(ALIGNMENT, padded);
+    // weights loaded without mmap: on 2 MB pages where THP allows, since the sparse kernels
+    // gather scattered rows (a TLB miss per row with 4 KB pages)
+    constexpr size_t HUGE_PAGE = 2u << 20;
+    const size_t align = size >= HUGE_PAGE ? HUGE_PAGE : ALIGNMENT;
+    const size_t padded = ((size > 0 ? size : 1) + align - 1) / align * align;
+    void * base = aligned_alloc(align, padded);
     if (base == nullptr) {
         return nullptr;
     }
+#ifdef MADV_HUGEPAGE
+    if (align == HUGE_PAGE) {
+        madvise(base, padded, MADV_HUGEPAGE);
+    }
+#endif
     return ggml_backend_buffer_init(buft, buffer_iface, new buffer_ctx{base, true}, size);
 }
 
@@ -150,6 +172,7 @@ struct op_job {
     const ffn_layer * layer = nullptr;
     int il = 0;
     const ggml_tensor * w = nullptr;  // the weight
+    const void * w_plain = nullptr;   // its bytes in ggml's plain layout (see ffn_layer::plain)
     const ggml_tensor * x = nullptr;  // the activations (src1): [n_in, n_tok]
     ggml_tensor * out = nullptr;      // the original node: its data receives the result
     const int32_t * idx = nullptr;    // selected rows / neurons, ascending
@@ -184,7 +207,7 @@ static void op_gather(ggml_tensor *, int ith, int nth, void * ud) {
     const int64_t i0 = j.k * ith / nth;
     const int64_t i1 = j.k * (ith + 1) / nth;
     for (int64_t t = 0; t < j.x->ne[1]; ++t) {
-        gather_matvec(j.rd, j.w->data, j.w->nb[1], j.idx + i0, i1 - i0, j.xq + t * j.rd.x_row_bytes, row_f32(j.out, t));
+        gather_matvec(j.rd, j.w_plain, j.w->nb[1], j.idx + i0, i1 - i0, j.xq + t * j.rd.x_row_bytes, row_f32(j.out, t));
     }
 }
 
@@ -386,6 +409,7 @@ static ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * c
             continue;
         }
         op_job & job = bc->jobs.emplace_back(base);
+        job.w_plain = L.plain[role];
         job.idx = mask.data();
         job.k = (int64_t) mask.size();
         if (role == FFN_DOWN) {
@@ -485,11 +509,26 @@ static ggml_backend_buffer_t dev_buffer_from_host_ptr(ggml_backend_dev_t, void *
     return ggml_backend_buffer_init(&g_buft, buffer_iface, new buffer_ctx{ptr, false}, size);
 }
 
-static bool is_our_ffn_weight(const ggml_tensor * w) {
+// Is w an FFN weight whose matmuls the device takes? Weights in its own buffer always are; with
+// stock placement, weights elsewhere are recorded while a GlassLlama loads (the new context's
+// reserve graphs show them, with their final buffers) and known while their model lives.
+static bool claims_ffn_weight(const ggml_tensor * w) {
     int il;
     ffn_role role;
-    return w != nullptr && w->buffer != nullptr && w->buffer->buft == &g_buft &&
-           ffn_name_parse(w->name, &il, &role);
+    if (w == nullptr || w->buffer == nullptr || !ffn_name_parse(w->name, &il, &role)) {
+        return false;
+    }
+    if (w->buffer->buft == &g_buft) {
+        return true;
+    }
+    if (w->data == nullptr || w->view_src != nullptr) {
+        return false;
+    }
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (g_recording && g_stock_placement && g_recorded.insert(w).second) {
+        g_loaded_weights.push_back((ggml_tensor *) w);
+    }
+    return (g_recording && g_stock_placement) || g_known.count(w) > 0;
 }
 
 static bool dev_supports_op(ggml_backend_dev_t, const ggml_tensor * op) {
@@ -499,12 +538,19 @@ static bool dev_supports_op(ggml_backend_dev_t, const ggml_tensor * op) {
     switch (op->op) {
         case GGML_OP_MUL_MAT: {
             const ggml_tensor * w = op->src[0];
-            if (g_claim_all_matmuls && w && w->buffer && w->buffer->buft == &g_buft && !is_our_ffn_weight(w)) {
-                // at load only (the flag is off again by graph time): keep this non-FFN weight in our
-                // plain-layout buffer; its matmuls then run on the CPU backend, which reads host buffers
-                return op->src[1]->type == GGML_TYPE_F32 && ggml_get_type_traits_cpu(w->type)->vec_dot != nullptr;
+            if (g_claim_all_matmuls && w && w->buffer && w->buffer->buft == &g_buft) {
+                int il;
+                ffn_role role;
+                if (!ffn_name_parse(w->name, &il, &role)) {
+                    // at load only (the flag is off again by graph time): keep this non-FFN weight in our
+                    // plain-layout buffer; its matmuls then run on the CPU backend, which reads host buffers
+                    return op->src[1]->type == GGML_TYPE_F32 && ggml_get_type_traits_cpu(w->type)->vec_dot != nullptr;
+                }
             }
-            if (!is_our_ffn_weight(w) || op->src[1]->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) ||
+            if (g_stock_placement && w && w->buffer && w->buffer->buft == &g_buft && w->data == nullptr) {
+                return false;  // a placement question during a load: let llama.cpp place it as stock does
+            }
+            if (!claims_ffn_weight(w) || op->src[1]->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) ||
                 w->ne[2] != 1 || w->ne[3] != 1) {
                 return false;
             }
@@ -515,7 +561,7 @@ static bool dev_supports_op(ggml_backend_dev_t, const ggml_tensor * op) {
         case GGML_OP_GLU: {
             // the GLU between our up/gate matmuls: taking it keeps the FFN in one split
             const ggml_tensor * a = op->src[0];
-            return a != nullptr && a->op == GGML_OP_MUL_MAT && is_our_ffn_weight(a->src[0]);
+            return a != nullptr && a->op == GGML_OP_MUL_MAT && claims_ffn_weight(a->src[0]);
         }
         default:
             return false;
@@ -523,7 +569,12 @@ static bool dev_supports_op(ggml_backend_dev_t, const ggml_tensor * op) {
 }
 
 static bool dev_supports_buft(ggml_backend_dev_t, ggml_backend_buffer_type_t buft) {
-    return buft == &g_buft || ggml_backend_buft_is_host(buft);
+    if (buft == &g_buft || ggml_backend_buft_is_host(buft)) {
+        return true;
+    }
+    // the CPU's own extra buffer types (CPU_REPACK): our inner CPU backend computes from them
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+    return dev != nullptr && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU;
 }
 
 static bool dev_offload_op(ggml_backend_dev_t, const ggml_tensor *) { return false; }
@@ -606,16 +657,34 @@ void plugin_set_claim_all_matmuls(bool on) { g_claim_all_matmuls = on; }
 
 void plugin_set_enabled(bool on) { g_enabled = on; }
 
+void plugin_set_stock_placement(bool on) { g_stock_placement = on; }
+
 void plugin_weights_begin() {
     std::lock_guard<std::mutex> lock(g_mutex);
     g_loaded_weights.clear();
+    g_recorded.clear();
+    g_recording = true;
 }
 
 std::vector<ggml_tensor *> plugin_weights_take() {
     std::lock_guard<std::mutex> lock(g_mutex);
     std::vector<ggml_tensor *> out;
     out.swap(g_loaded_weights);
+    g_recorded.clear();
+    g_recording = false;
     return out;
+}
+
+void plugin_known_add(const std::vector<ggml_tensor *> & weights) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_known.insert(weights.begin(), weights.end());
+}
+
+void plugin_known_remove(const std::vector<ggml_tensor *> & weights) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    for (ggml_tensor * t : weights) {
+        g_known.erase(t);
+    }
 }
 
 void plugin_context_expect(std::shared_ptr<glass_context> g) {

@@ -22,11 +22,22 @@ void plugin_set_claim_all_matmuls(bool on);
 // their contexts send it nothing: exactly stock llama.cpp (benchmarks load their reference this way).
 void plugin_set_enabled(bool on);
 
+// While on, models being loaded keep their FFN weights where stock llama.cpp puts them (repacked
+// for the CPU where llama.cpp repacks: its fast prefill and dense kernels stay in use); the device
+// still takes their matmuls at run time, and the sparse kernels read the weights' plain bytes
+// from the model file's mapping (ffn_layer::plain).
+void plugin_set_stock_placement(bool on);
+
 // Forget the FFN weights seen so far; call right before loading a model.
 void plugin_weights_begin();
 
-// The FFN weights placed in the plug-in's buffers since plugin_weights_begin().
+// The FFN weights of the model loaded since plugin_weights_begin(): placed in the plug-in's
+// buffers, or (stock placement) met in the graphs llama.cpp reserves for the new context.
 std::vector<ggml_tensor *> plugin_weights_take();
+
+// FFN weights of live models (by ffn_model), whose matmuls the device takes wherever they live.
+void plugin_known_add(const std::vector<ggml_tensor *> & weights);
+void plugin_known_remove(const std::vector<ggml_tensor *> & weights);
 
 // The next backend llama.cpp creates (i.e. the next llama_context) gets this context.
 void plugin_context_expect(std::shared_ptr<glass_context> g);
