@@ -34,8 +34,13 @@ def file_mappings(path) -> list:
     """This process's mappings of the file at `path` (any address range, any file offset)."""
     st = os.stat(path)
     dev_ino = (st.st_dev, st.st_ino)
+    real = os.path.realpath(path)
     out = []
-    with open("/proc/self/maps") as f:
+    try:
+        f = open("/proc/self/maps")
+    except OSError:
+        return out  # no procfs (macOS): locate() maps the bytes itself
+    with f:
         for line in f:
             parts = line.split(None, 5)
             if len(parts) < 5:
@@ -44,7 +49,9 @@ def file_mappings(path) -> list:
             if int(ino) != dev_ino[1]:
                 continue
             major, minor = (int(x, 16) for x in dev.split(":"))
-            if os.makedev(major, minor) != dev_ino[0]:
+            # overlay file systems may show the lower file's device: then the path must match
+            same_path = len(parts) == 6 and parts[5].strip() == real
+            if os.makedev(major, minor) != dev_ino[0] and not same_path:
                 continue
             lo, hi = (int(x, 16) for x in addr.split("-"))
             out.append(_Mapping(lo, hi, int(off, 16)))

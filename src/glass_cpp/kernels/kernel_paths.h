@@ -11,9 +11,9 @@
 //
 // dotprod (ARMv8.2 SDOT: Pi 5, Jetson Orin/Xavier, not Pi 4) and i8mm (ARMv8.6 SMMLA) are
 // detected and reported, but no glass kernel has a path for them: the down projection is a float
-// AXPY of int8 rows with one float scale per 32 values, and the statistics are float sums, so
-// there is no int8 dot product for them to speed up. The int8 dot products of up/gate are ggml's
-// (gather_matvec), compiled for the CPU ggml was built for.
+// AXPY of integer codes (down_packed, down_axpy), and the statistics are float sums, so there is
+// no int8 dot product in them yet. The int8 dot products of up/gate are ggml's (gather_matvec),
+// compiled for the CPU ggml was built for.
 #pragma once
 
 #include <cstddef>
