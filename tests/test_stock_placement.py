@@ -139,3 +139,16 @@ def test_sparse_decode_matches_unrepacked_sparse_decode(model_dir):
     assert diff.mean() <= 0.01 * scale and diff.max() <= 0.06 * scale, (diff.mean() / scale, diff.max() / scale)
     assert a.sparse_ops > 0 and b.sparse_ops > 0
     assert np.abs(run(a, other) - yb).mean() > 5 * diff.mean()
+
+
+def test_unfindable_plain_bytes_is_a_one_line_error(model_dir, monkeypatch):
+    """If a repacked weight's file bytes cannot be found, the load fails with a UserError (the
+    CLI prints it as one line) that names the way out."""
+    from glass_edge.errors import UserError
+
+    def gone(*_):
+        raise ValueError("blk.0.ffn_up.weight: not in the file")
+
+    monkeypatch.setattr(plain_bytes, "locate", gone)
+    with pytest.raises(UserError, match="repack=False"):
+        GlassLlama(str(tiny(model_dir, "q4_0")), density=0.5, **KW)

@@ -90,7 +90,12 @@ class GlassLlama(CallOverrides, llama_cpp.Llama):
         self._plain = None
         repacked = self._glass_model.missing_plain()
         if repacked:
-            self._plain = plain_bytes.locate(model_path, repacked)
+            try:
+                self._plain = plain_bytes.locate(model_path, repacked)
+            except (OSError, ValueError) as e:
+                from .errors import UserError
+                raise UserError(f"cannot read the file bytes of {model_path}'s repacked FFN weights ({e}); "
+                                "load it with repack=False") from None
             for name, (address, _, _) in self._plain.addresses.items():
                 # nothing but the sparse path reads a repacked weight's file pages: prepare()
                 # copies them to huge pages / builds down's copy and releases them layer by layer
