@@ -152,3 +152,17 @@ def test_unfindable_plain_bytes_is_a_one_line_error(model_dir, monkeypatch):
     monkeypatch.setattr(plain_bytes, "locate", gone)
     with pytest.raises(UserError, match="repack=False"):
         GlassLlama(str(tiny(model_dir, "q4_0")), density=0.5, **KW)
+
+
+def test_without_mmap_the_plugin_keeps_its_own_plain_copy(model_dir):
+    """use_mmap=False: no file mapping to read plain bytes from, so the FFN weights live in the
+    plug-in's own buffer (nothing to locate) and decode gives the same greedy text as stock
+    placement with the same masks (the sparse kernels read the same values either way)."""
+    path = tiny(model_dir, "q4_0")
+    own = GlassLlama(str(path), density=0.4, method="griffin", use_mmap=False, **KW)
+    placed = GlassLlama(str(path), density=0.4, method="griffin", **KW)
+    assert own._plain is None and placed._plain is not None
+    prompt = own.tokenize(PROMPT.encode())
+    tokens = [[t for _, t in zip(range(24), llm.generate(prompt, temp=0.0))] for llm in (own, placed)]
+    assert own.sparse_ops > 0 and placed.sparse_ops > 0
+    assert tokens[0] == tokens[1]
