@@ -23,7 +23,22 @@ def gemma_path():
 
 @pytest.fixture(scope="module")
 def llm(gemma_path):
-    return GlassLlama(gemma_path, n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False, seed=1, density=0.5)
+    # griffin explicitly: these tests are about per-call overrides and their restoring
+    return GlassLlama(gemma_path, n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False, seed=1, density=0.5,
+                      method="griffin")
+
+
+def test_default_method_is_glass():
+    """Users get GLASS (a-glass, the prompt's ranking aggregated with the global prior) unless they
+    ask for another method: the class default and the run/chat/serve command-line default."""
+    import inspect
+
+    from glass_edge.cli import build_parser
+
+    assert inspect.signature(GlassLlama.__init__).parameters["method"].default == "a-glass"
+    for cmd in (["run"], ["chat"], ["serve"]):
+        assert build_parser().parse_args(cmd).method == "a-glass"
+    assert build_parser().parse_args(["bench", "m.gguf"]).method == "griffin"  # speed: method-independent
 
 
 def kept(density):

@@ -30,7 +30,8 @@ def server(tmp_path_factory):
     env = dict(os.environ)  # the glass_edge this interpreter imports
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "glass_edge.cli", "serve", "--port", "0", "-c", str(N_CTX),
-                                 "-t", "2", "--density", str(DENSITY), "-s", "1", "--log-level", "warning"],
+                                 "-t", "2", "--density", str(DENSITY), "--method", "griffin", "-s", "1",
+                                 "--log-level", "warning"],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
         deadline, url = time.time() + 300, None

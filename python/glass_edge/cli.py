@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from .selection import METHODS
+from .selection import DEFAULT_METHOD, METHODS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,7 +83,9 @@ def add_model_arg(p, required: bool = False) -> None:
 
 def add_sparsity_args(p, density: float = 0.5) -> None:
     p.add_argument("--density", type=density_arg, default=density, help="fraction of FFN neurons kept, (0, 1]")
-    p.add_argument("--method", type=method_arg, default="griffin", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--method", type=method_arg, default=DEFAULT_METHOD,
+                   help=f"one of {', '.join(METHODS)} (default {DEFAULT_METHOD}: GLASS, the prompt's ranking "
+                        "aggregated with the model's global prior, computed once on first use if the model has none)")
     p.add_argument("--lambda", dest="lam", type=lambda_arg, default=None,
                    help="GLASS weight of the prompt's ranking against the global prior, [0, 1]")
     p.add_argument("--prior", default=None, help="take the global prior from this calibrated GGUF")
@@ -145,7 +147,8 @@ def _add_bench(sub) -> None:
     add_model_arg(b, required=True)
     b.add_argument("--densities", type=densities_arg, default=[0.25, 0.4, 0.5, 1.0],
                    help="comma-separated densities (default 0.25,0.4,0.5,1.0)")
-    b.add_argument("--method", type=method_arg, default="griffin", help=f"one of {', '.join(METHODS)}")
+    b.add_argument("--method", type=method_arg, default="griffin",
+                   help=f"one of {', '.join(METHODS)} (default griffin: speed does not depend on the method, and it needs no prior)")
     b.add_argument("--lambda", dest="lam", type=lambda_arg, default=None,
                    help="GLASS weight of the prompt's ranking against the global prior, [0, 1]")
     b.add_argument("--prior", default=None, help="take the global prior from this calibrated GGUF")

@@ -20,7 +20,7 @@ from . import _core, plain_bytes
 from .call_overrides import CallOverrides
 from .coverage import warn_cpu_ffn
 from .chat_template import use_fallback_chat_format
-from .selection import NEEDS_LOCAL, NEEDS_PRIOR, check_density, check_lambda, check_method, select
+from .selection import DEFAULT_METHOD, NEEDS_LOCAL, NEEDS_PRIOR, check_density, check_lambda, check_method, select
 
 # Model loads and context creations hand weights / contexts to the plug-in through process-wide
 # slots: one GlassLlama constructor at a time.
@@ -59,7 +59,7 @@ class GlassLlama(CallOverrides, llama_cpp.Llama):
     `repack=False` keeps llama.cpp from repacking any weight for the CPU (as its
     use_extra_bufts=false does), e.g. to compare with a reference run that way."""
 
-    def __init__(self, model_path: str, *args, density: float = 0.5, method: str = "griffin",
+    def __init__(self, model_path: str, *args, density: float = 0.5, method: str = DEFAULT_METHOD,
                  lam: Optional[float] = None, prior=None, repack: bool = True, **kwargs):
         self.density = check_density(density)
         self.method = check_method(method)
