@@ -15,7 +15,7 @@ import pytest
 from glass_edge import GlassLlama, plain_bytes
 from glass_edge.bench import load_stock
 from glass_edge.synth_tiny import write_tiny_model
-from reference_runs import N_GREEDY, greedy
+from reference_runs import assert_sparse_kernels_follow, greedy
 
 PROMPT = "the quick brown fox jumps over the lazy dog and the cat"
 KW = dict(n_ctx=512, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False)
@@ -96,18 +96,7 @@ def test_sparse_kernels_read_the_plain_bytes(model_dir, ftype):
     prompt = ref.tokenize(PROMPT.encode())
     ref_tokens, ref_logits = greedy(ref, prompt)
     llm = GlassLlama(str(path), density=1.0, method="griffin", logits_all=True, **KW)
-    llm._glass_ctx.force_sparse_kernels = True
-    llm.reset()
-    llm.prefill(prompt)
-    ops_before = llm.sparse_ops
-    llm.eval(ref_tokens[:-1])
-    assert llm.sparse_ops > ops_before
-    logits = np.array(llm.scores[len(prompt) - 1: len(prompt) - 1 + N_GREEDY])
-    scale = ref_logits.std()
-    err = np.abs(logits - ref_logits)
-    assert err.mean() <= 0.03 * scale, (err.mean(), scale)
-    assert err.max() <= 0.15 * scale, (err.max(), scale)
-    assert (logits.argmax(-1) == ref_logits.argmax(-1)).mean() >= 0.90
+    assert_sparse_kernels_follow(llm, prompt, ref_tokens, ref_logits)
 
 
 def test_sparse_decode_matches_unrepacked_sparse_decode(model_dir):
