@@ -14,26 +14,34 @@
 
 namespace glass {
 
-void huge_bytes::assign(size_t n) {
+void * huge_page_alloc(size_t n) {
     constexpr size_t HUGE_PAGE = 2u << 20;
+    const bool huge = n >= HUGE_PAGE;  // smaller buffers fit no huge page: cache-line aligned
+    void * p = nullptr;
+    if (posix_memalign(&p, huge ? HUGE_PAGE : 64, n > 0 ? n : 1) != 0) {
+        return nullptr;
+    }
+#ifdef MADV_HUGEPAGE
+    // only whole huge pages: a huge page over the tail would be memory the buffer does not use
+    if (huge) {
+        madvise(p, n / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE);  // a hint: without THP, 4 KB pages
+    }
+#endif
+    return p;
+}
+
+void huge_bytes::assign(size_t n) {
     p_.reset();
     n_ = 0;
     if (n == 0) {
         return;
     }
-    void * p = nullptr;
-    if (posix_memalign(&p, HUGE_PAGE, n) != 0) {
+    p_.reset((uint8_t *) huge_page_alloc(n));
+    if (!p_) {
         throw std::bad_alloc();
     }
-    p_.reset((uint8_t *) p);
     n_ = n;
-#ifdef MADV_HUGEPAGE
-    // only whole huge pages: a huge page over the tail would be memory the buffer does not use
-    if (n >= HUGE_PAGE) {
-        madvise(p, n / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE);  // a hint: without THP, 4 KB pages
-    }
-#endif
-    memset(p, 0, n);
+    memset(p_.get(), 0, n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -53,6 +61,19 @@ bool down_packable(ggml_type type, int64_t n_ff, int64_t n_embd) {
         default:
             return false;
     }
+}
+
+// ||W_down[:, j]|| from the per-thread sums of squares of each neuron's column.
+static std::vector<float> col_norms(const std::vector<std::vector<double>> & sumsq, int64_t n_ff) {
+    std::vector<float> out(n_ff);
+    for (int64_t j = 0; j < n_ff; ++j) {
+        double s = 0.0;
+        for (const auto & part : sumsq) {
+            s += part[j];
+        }
+        out[j] = (float) std::sqrt(s);
+    }
+    return out;
 }
 
 // One block of the original row, as the packed layout stores it: codes (value v of the block ->
@@ -232,14 +253,7 @@ static bool build_packed(down_layout & out, const ggml_tensor * down, int n_thre
         out.pk = down_packed_data();
         return false;
     }
-    out.col_norm.assign(n_ff, 0.0f);
-    for (int64_t j = 0; j < n_ff; ++j) {
-        double s = 0.0;
-        for (int ith = 0; ith < n_threads; ++ith) {
-            s += sumsq[ith][j];
-        }
-        out.col_norm[j] = (float) std::sqrt(s);
-    }
+    out.col_norm = col_norms(sumsq, n_ff);
     out.packed = true;
     return true;
 }
@@ -297,14 +311,7 @@ static void build(down_layout & out, int64_t n_ff, int64_t n_embd, int n_threads
     for (auto & w : workers) {
         w.join();
     }
-    out.col_norm.assign(n_ff, 0.0f);
-    for (int64_t j = 0; j < n_ff; ++j) {
-        double s = 0.0;
-        for (int ith = 0; ith < n_threads; ++ith) {
-            s += sumsq[ith][j];
-        }
-        out.col_norm[j] = (float) std::sqrt(s);
-    }
+    out.col_norm = col_norms(sumsq, n_ff);
 }
 
 void down_layout_build(down_layout & out, const ggml_tensor * down, int n_threads, bool allow_packed) {

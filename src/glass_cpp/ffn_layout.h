@@ -19,9 +19,13 @@
 
 namespace glass {
 
-// Zero-filled bytes on transparent huge pages where the system allows it (THP "madvise" mode):
-// the sparse down jumps from one scattered neuron row to the next, and with 4 KB pages each jump
+// n bytes (free() them), 64-byte aligned; from 2 MB on, on transparent huge pages where the
+// system allows it (THP "madvise" mode), whole 2 MB pages only. Null when out of memory. The
+// sparse kernels jump from one scattered neuron row to the next, and with 4 KB pages each jump
 // is a TLB miss; a layer's 2 MB pages fit the TLB.
+void * huge_page_alloc(size_t n);
+
+// Zero-filled bytes from huge_page_alloc.
 class huge_bytes {
 public:
     void assign(size_t n);

@@ -14,7 +14,6 @@
 // the same CPU thread pool.
 #include "plugin.h"
 
-#include <sys/mman.h>
 #include <sys/sysinfo.h>
 
 #include <cstdlib>
@@ -129,20 +128,11 @@ static constexpr size_t ALIGNMENT = 64;
 static const char * buft_get_name(ggml_backend_buffer_type_t) { return "GLASS"; }
 
 static ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
-    // weights loaded without mmap: on 2 MB pages where THP allows, since the sparse kernels
-    // gather scattered rows (a TLB miss per row with 4 KB pages)
-    constexpr size_t HUGE_PAGE = 2u << 20;
-    const size_t align = size >= HUGE_PAGE ? HUGE_PAGE : ALIGNMENT;
-    const size_t padded = ((size > 0 ? size : 1) + align - 1) / align * align;
-    void * base = aligned_alloc(align, padded);
+    // weights loaded without mmap: on huge pages, for the gathers of scattered rows (ffn_layout.h)
+    void * base = huge_page_alloc(size);
     if (base == nullptr) {
         return nullptr;
     }
-#ifdef MADV_HUGEPAGE
-    if (align == HUGE_PAGE) {
-        madvise(base, padded, MADV_HUGEPAGE);
-    }
-#endif
     return ggml_backend_buffer_init(buft, buffer_iface, new buffer_ctx{base, true}, size);
 }
 
