@@ -61,9 +61,11 @@ struct scale_rows {
 // on memory latency at each row start (measured: +25-30% gathered bandwidth on one core).
 constexpr int64_t PREFETCH_AHEAD = 2;
 
+// Locality 3 (all cache levels): the non-temporal hint halved scattered-row read bandwidth on
+// x86 (docs/perf.md).
 static inline void prefetch_bytes(const uint8_t * p, size_t n) {
     for (size_t off = 0; off < n; off += 64) {
-        __builtin_prefetch(p + off, 0, 0);
+        __builtin_prefetch(p + off, 0, 3);
     }
 }
 
