@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kernel_paths.h"
+
 namespace ktest {
 
 // unit roundoff of float (round to nearest)
@@ -98,6 +100,17 @@ inline bool expect_within(const std::string & what, const std::string & path, co
 template <class T>
 std::vector<double> as_double(const T * p, size_t n) {
     return std::vector<double>(p, p + n);
+}
+
+// A kernel family's path list starts with its scalar reference, and its public entry point runs
+// (and names) the best path this CPU runs.
+template <class Fns>
+void expect_path_list(const char * family, const std::vector<glass::kernel_path<Fns>> & paths, Fns ref,
+                      const char * public_path) {
+    expect(std::string(paths[0].name) == "scalar" && paths[0].fns == ref,
+           fmt("%s_paths()[0] is not the scalar reference", family));
+    expect(std::string(public_path) == glass::kernel_path_best(paths).name,
+           fmt("%s_path() does not name the best path", family));
 }
 
 // Deterministic random inputs.
