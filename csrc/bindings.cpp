@@ -347,7 +347,9 @@ PYBIND11_MODULE(_core, m) {
         .def("imp_stats", [](const py_context & pc) { return context_stats(pc, true); })
         .def("stats_rows", [](const py_context & pc) { return pc.g->stats_rows; })
         .def_property_readonly("n_sparse_ops", [](const py_context & pc) { return pc.g->n_sparse_ops.load(); })
-        .def_property_readonly("n_dense_graphs", [](const py_context & pc) { return pc.g->n_dense_graphs.load(); });
+        .def_property_readonly("n_dense_graphs", [](const py_context & pc) { return pc.g->n_dense_graphs.load(); })
+        .def_property_readonly("ffn_seconds", [](const py_context & pc) { return pc.g->ffn_compute_ns.load() * 1e-9; },
+                               "Wall time spent computing this context's FFN splits so far");
 
     m.def("kernel_gather_matvec", &kernel_gather_matvec, py::arg("w"), py::arg("type"), py::arg("n_cols"),
           py::arg("x"), py::arg("rows"));

@@ -178,6 +178,17 @@ def test_bench_smoke_schema_and_values(tiny_q4km, tmp_path):
         assert row["speedup"] == pytest.approx(row["tg"] / res["dense_tg"])
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["ideal"])
     assert res["rows"][1]["ideal"] == 1.0
+    # the FFN layers' share of a decode token, timed by the plug-in: part of the token, not all
+    for row in res["rows"]:
+        token_ms = 1e3 / row["tg"]
+        assert 0 < row["ffn_ms"] < token_ms and row["other_ms"] > 0, row
+        assert row["ffn_ms"] + row["other_ms"] == pytest.approx(token_ms, rel=0.3)  # mean of ratios
+    dense_ms, ffn_dense = 1e3 / res["dense_tg"], res["rows"][1]["ffn_ms"]
+    assert res["ffn_ms_dense"] == ffn_dense
+    half = res["rows"][0]
+    assert half["ffn_efficiency"] == pytest.approx(0.5 * ffn_dense / half["ffn_ms"])
+    assert half["ideal_time"] == pytest.approx(dense_ms / (dense_ms - 0.5 * min(ffn_dense, dense_ms)))
+    assert half["efficiency_time"] == pytest.approx(half["speedup"] / half["ideal_time"])
     # the sparse decode really ran sparse: gate, up and down of every layer, every token
     assert res["rows"][0]["sparse_ops_per_token"] >= 3 * PRESETS["tiny"].n_layer
     assert res["rows"][1]["sparse_ops_per_token"] == 0  # a full mask runs ggml's dense kernels
@@ -188,6 +199,7 @@ def test_bench_smoke_schema_and_values(tiny_q4km, tmp_path):
     assert "CPU_REPACK" in res["buffers_mib"]["glass"]
 
     assert "| model" in r.stdout and "tg8" in r.stdout and "pp16" in r.stdout and "peak RSS" in r.stdout
+    assert "FFN ms/token" in r.stdout
 
 
 def test_bench_stock_engine_is_stock_llama_cpp(tiny_q4km, tmp_path):

@@ -127,6 +127,28 @@ def test_two_contexts_do_not_share_masks(model_dir):
     assert b.sparse_ops == 0 and a._glass_ctx.any_mask
 
 
+def test_ffn_seconds_time_the_ffn_layers_only(model_dir):
+    """ffn_seconds (the bench's FFN/rest split) grows with every evaluated token, dense or sparse,
+    stays below the wall time of the calls it was measured in, and is per context."""
+    import time
+
+    path = tiny(model_dir, "llama", "f32")
+    a = glass(path, density=0.25)
+    b = glass(path, method="dense")
+    prompt = a.tokenize(PROMPT.encode())
+    for llm in (a, b):
+        llm.reset()
+        t0, f0 = time.perf_counter(), llm.ffn_seconds
+        llm.prefill(prompt) if llm is a else llm.eval(prompt)
+        for tok in (5, 6, 7, 8):
+            llm.eval([tok])
+        wall, ffn = time.perf_counter() - t0, llm.ffn_seconds - f0
+        assert 0 < ffn < wall, (ffn, wall)
+    before = b.ffn_seconds
+    a.eval([9])
+    assert b.ffn_seconds == before
+
+
 def test_prefill_statistics_match_numpy(model_dir):
     """Prefill statistics count every prompt row but BOS (the last layer: its output row only), and
     each counted row is unit-normalised (the kernel itself is checked against numpy in

@@ -234,6 +234,11 @@ class GlassLlama(CallOverrides, llama_cpp.Llama):
         """How many FFN matmuls the plug-in has computed sparse in this context so far."""
         return self._glass_ctx.n_sparse_ops
 
+    @property
+    def ffn_seconds(self) -> float:
+        """Wall time this context has spent computing FFN layers (dense or sparse) so far."""
+        return self._glass_ctx.ffn_seconds
+
     def mask_densities(self) -> list:
         """Per-layer kept fraction of the installed masks (1.0 for a dense layer)."""
         return [1.0 if m is None else len(m) / nf for m, nf in zip(self.last_masks, self._n_ff) if nf]

@@ -36,6 +36,9 @@ struct glass_context {
     // counters, read by tests to prove which path ran
     std::atomic<uint64_t> n_sparse_ops{0};
     std::atomic<uint64_t> n_dense_graphs{0};
+    // wall time spent computing the FFN splits (the graphs llama.cpp hands our backend), so a
+    // benchmark can split a token's time into FFN and the rest
+    std::atomic<uint64_t> ffn_compute_ns{0};
 
     // A context is created (and attached to its llama_context) before the model's FFN table
     // exists; bind() gives it the table. Unbound contexts compute dense.

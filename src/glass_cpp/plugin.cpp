@@ -16,6 +16,7 @@
 
 #include <sys/sysinfo.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -342,13 +343,10 @@ static void scratch_reserve(backend_ctx * bc, ggml_cgraph * cgraph) {
     }
 }
 
-static ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
-    auto * bc = (backend_ctx *) backend->context;
-    glass_context * g = bc->g.get();
-    if (g == nullptr || !g->model || (!g->any_mask && !g->stats_on)) {
-        if (g) {
-            g->n_dense_graphs++;
-        }
+// One FFN split: dense as it is, or rebuilt with the masked matmuls as sparse custom ops.
+static ggml_status graph_compute_split(backend_ctx * bc, glass_context * g, ggml_cgraph * cgraph) {
+    if (!g->model || (!g->any_mask && !g->stats_on)) {
+        g->n_dense_graphs++;
         return ggml_backend_graph_compute(bc->cpu, cgraph);
     }
 
@@ -413,6 +411,19 @@ static ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * c
         g->n_sparse_ops++;
     }
     return ggml_backend_graph_compute(bc->cpu, graph);
+}
+
+static ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
+    auto * bc = (backend_ctx *) backend->context;
+    glass_context * g = bc->g.get();
+    if (g == nullptr) {
+        return ggml_backend_graph_compute(bc->cpu, cgraph);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const ggml_status status = graph_compute_split(bc, g, cgraph);
+    g->ffn_compute_ns += (uint64_t) std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::steady_clock::now() - t0).count();
+    return status;
 }
 
 static ggml_guid_t backend_guid() {
