@@ -11,6 +11,7 @@
 #include "kernels/down_axpy.h"
 #include "kernels/down_packed.h"
 #include "kernels/gather_matvec.h"
+#include "kernels/gather_q4k.h"
 #include "kernels/stats.h"
 #include "masks.h"
 #include "plugin.h"
@@ -334,6 +335,8 @@ PYBIND11_MODULE(_core, m) {
         .def("clear_masks", [](py_context & pc) { pc.g->masks_clear(); })
         .def_property("force_sparse_kernels", [](const py_context & pc) { return pc.g->force_sparse_kernels; },
                       [](py_context & pc, bool v) { pc.g->force_sparse_kernels = v; })
+        .def_property("force_ggml_dot", [](const py_context & pc) { return pc.g->force_ggml_dot; },
+                      [](py_context & pc, bool v) { pc.g->force_ggml_dot = v; })
         .def_property_readonly("any_mask", [](const py_context & pc) { return pc.g->any_mask; })
         .def("stats_begin", [](py_context & pc, bool skip_first, int64_t first_rows) {
             if (!pc.g->model) {
@@ -356,6 +359,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("kernel_down", &kernel_down, py::arg("w"), py::arg("type"), py::arg("n_ff"), py::arg("n_embd"),
           py::arg("h"), py::arg("idx"), py::arg("reference") = false, py::arg("packed") = true);
     m.def("down_packed_path", &down_packed_path);
+    m.def("gather_q4k_path", [] { return kernel_path_best(gather_q4k_paths()).name; },
+          "The Q4_K gather path this CPU runs (\"scalar\": ggml's vec_dot is used instead)");
     m.def("kernel_stats", &kernel_stats, py::arg("h"), py::arg("col_norm"));
 
     m.attr("SELECT_TOPK_DESC") = (int) SELECT_TOPK_DESC;

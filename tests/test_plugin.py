@@ -127,6 +127,34 @@ def test_two_contexts_do_not_share_masks(model_dir):
     assert b.sparse_ops == 0 and a._glass_ctx.any_mask
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fast_q4k_gather_matches_ggml_dot(model_dir, arch):
+    """Sparse decode with Q4_K up/gate: the fast gathered dot product (kernels/gather_q4k.h, where
+    this CPU has it) and ggml's own vec_dot give the same logits up to float summation order."""
+    from glass_edge import _core
+
+    if _core.gather_q4k_path() == "scalar":
+        pytest.skip("this CPU has no fast Q4_K gather (AVX-512 VNNI): ggml's vec_dot runs either way")
+    path = tiny(model_dir, arch, "q4_k")
+    llm = glass(path, density=0.5)
+    prompt = llm.tokenize(PROMPT.encode())
+    runs = []
+    for force in (True, False):
+        llm._glass_ctx.force_ggml_dot = force
+        llm.reset()
+        llm.prefill(prompt)
+        ops = llm.sparse_ops
+        llm.eval([11, 12, 13, 14, 15, 16])
+        assert llm.sparse_ops > ops
+        n = len(prompt)
+        runs.append(np.array(llm.scores[n: n + 6]))
+    # float order moves a logit by ~1e-6; a later x's int8 rounding can turn that into one
+    # quantization step (seen: 1.5% of the spread at one step); a wrong kernel moves everything
+    diff, spread = np.abs(runs[1] - runs[0]), runs[0].std()
+    assert np.median(diff) <= 1e-4 * spread, (np.median(diff), spread)
+    assert diff.max() <= 0.05 * spread, (diff.max(), spread)
+
+
 def test_ffn_seconds_time_the_ffn_layers_only(model_dir):
     """ffn_seconds (the bench's FFN/rest split) grows with every evaluated token, dense or sparse,
     stays below the wall time of the calls it was measured in, and is per context."""

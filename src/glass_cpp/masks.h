@@ -32,6 +32,8 @@ struct glass_context {
 
     // run the sparse kernels even for masks that keep every neuron (tests of the kernels)
     bool force_sparse_kernels = false;
+    // gather Q4_K rows with ggml's own dot product even where a faster path exists (tests)
+    bool force_ggml_dot = false;
 
     // counters, read by tests to prove which path ran
     std::atomic<uint64_t> n_sparse_ops{0};

@@ -27,6 +27,7 @@
 #include "ggml-backend-impl.h"
 #include "ggml-cpu.h"
 #include "kernels/gather_matvec.h"
+#include "kernels/gather_q4k.h"
 #include "kernels/stats.h"
 
 namespace glass {
@@ -169,6 +170,7 @@ struct op_job {
     const int32_t * idx = nullptr;    // selected rows / neurons, ascending
     int64_t k = 0;
     row_dot rd = {};
+    gather_q4k_fn q4k = nullptr;      // Q4_K with the CPU's fast path (kernels/gather_q4k.h)
     uint8_t * xq = nullptr;           // x converted for the dot product, one row per token
     float * inv_act = nullptr;        // per-token inverse norms (statistics)
     float * inv_imp = nullptr;
@@ -186,8 +188,16 @@ static float * row_f32(ggml_tensor * t, int64_t r) {
 // up/gate, step 1: convert x for the dot products, and zero the output (unselected rows stay 0)
 static void op_convert_x(ggml_tensor *, int ith, int nth, void * ud) {
     const op_job & j = *(const op_job *) ud;
+    thread_local std::vector<uint8_t> q8k;
     for (int64_t t = ith; t < j.x->ne[1]; t += nth) {
-        row_dot_convert_x(j.rd, row_f32(j.x, t), j.xq + t * j.rd.x_row_bytes);
+        uint8_t * xq = j.xq + t * j.rd.x_row_bytes;
+        if (j.q4k) {  // ggml's Q8_K, then its values in the order the fast Q4_K path loads them
+            q8k.resize(j.rd.x_row_bytes);
+            row_dot_convert_x(j.rd, row_f32(j.x, t), q8k.data());
+            q8k_reorder(q8k.data(), xq, j.rd.n);
+        } else {
+            row_dot_convert_x(j.rd, row_f32(j.x, t), xq);
+        }
         memset(row_f32(j.out, t), 0, j.out->ne[0] * sizeof(float));
     }
 }
@@ -198,7 +208,12 @@ static void op_gather(ggml_tensor *, int ith, int nth, void * ud) {
     const int64_t i0 = j.k * ith / nth;
     const int64_t i1 = j.k * (ith + 1) / nth;
     for (int64_t t = 0; t < j.x->ne[1]; ++t) {
-        gather_matvec(j.rd, j.w_plain, j.w->nb[1], j.idx + i0, i1 - i0, j.xq + t * j.rd.x_row_bytes, row_f32(j.out, t));
+        const uint8_t * xq = j.xq + t * j.rd.x_row_bytes;
+        if (j.q4k) {
+            j.q4k(j.w_plain, j.w->nb[1], j.idx + i0, i1 - i0, xq, j.rd.n, row_f32(j.out, t));
+        } else {
+            gather_matvec(j.rd, j.w_plain, j.w->nb[1], j.idx + i0, i1 - i0, xq, row_f32(j.out, t));
+        }
     }
 }
 
@@ -404,6 +419,7 @@ static ggml_status graph_compute_split(backend_ctx * bc, glass_context * g, ggml
             add_custom(bc, graph, op_down, job, node, node->data);
         } else {
             job.rd = row_dot_for(job.w->type, job.w->ne[0]);
+            job.q4k = job.w->type == GGML_TYPE_Q4_K && !g->force_ggml_dot ? gather_q4k_fast() : nullptr;
             job.xq = bc->xq.data();
             add_custom(bc, graph, op_convert_x, job, node, bc->xq.data());
             add_custom(bc, graph, op_gather, job, node, node->data);

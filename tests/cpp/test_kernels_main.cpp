@@ -17,6 +17,7 @@
 #include "ggml-cpu.h"
 #include "kernels/down_axpy.h"
 #include "kernels/down_packed.h"
+#include "kernels/gather_q4k.h"
 #include "kernels/stats.h"
 #include "test_util.h"
 
@@ -30,8 +31,8 @@ namespace {
 
 void print_cpu() {
     const glass::cpu_caps & c = glass::cpu_caps_get();
-    std::printf("cpu: avx2+fma=%d avx512f=%d neon=%d dotprod=%d i8mm=%d\n", c.avx2_fma, c.avx512f, c.neon, c.dotprod,
-                c.i8mm);
+    std::printf("cpu: avx2+fma=%d avx512f=%d avx512vnni=%d neon=%d dotprod=%d i8mm=%d\n", c.avx2_fma, c.avx512f,
+                c.avx512_vnni, c.neon, c.dotprod, c.i8mm);
     std::printf("ggml-cpu (compiled in and present): neon=%d dotprod=%d i8mm=%d fp16_va=%d sve=%d avx2=%d avx512=%d\n",
                 ggml_cpu_has_neon(), ggml_cpu_has_dotprod(), ggml_cpu_has_matmul_int8(), ggml_cpu_has_fp16_va(),
                 ggml_cpu_has_sve(), ggml_cpu_has_avx2(), ggml_cpu_has_avx512());
@@ -70,11 +71,13 @@ int main(int argc, char ** argv) {
     list_paths("down_axpy", glass::down_axpy_paths(), compiled);
     list_paths("down_packed", glass::down_packed_paths(), compiled);
     list_paths("stats", glass::stats_paths(), compiled);
+    list_paths("gather_q4k", glass::gather_q4k_paths(), compiled);
 
     for (const auto & [family, run] : {std::pair<const char *, void (*)()>{"down_axpy", test_down_axpy},
                                        {"down_packed", test_down_packed},
                                        {"stats", test_stats},
-                                       {"gather_matvec", test_gather_matvec}}) {
+                                       {"gather_matvec", test_gather_matvec},
+                                       {"gather_q4k", test_gather_q4k}}) {
         const auto t0 = std::chrono::steady_clock::now();
         const tally_t before = tally();
         run();

@@ -2,7 +2,7 @@
 //
 // Each kernel family (down_axpy, stats, ...) compiles a scalar reference plus every SIMD path the
 // compiler can emit for the target architecture:
-//   x86-64   AVX2+FMA and AVX-512F, through function target attributes, so a build without
+//   x86-64   AVX2+FMA and AVX-512F (VNNI for gather_q4k), through function target attributes, so a build without
 //            -march flags still carries them; the CPU is asked at run time (laptops lack
 //            AVX-512, some VMs hide it).
 //   aarch64  NEON (ASIMD), which every AArch64 CPU has (Raspberry Pi 4/5, Jetson): no check.
@@ -13,7 +13,8 @@
 // detected and reported, but no glass kernel has a path for them: the down projection is a float
 // AXPY of integer codes (down_packed, down_axpy), and the statistics are float sums, so there is
 // no int8 dot product in them yet. The int8 dot products of up/gate are ggml's (gather_matvec),
-// compiled for the CPU ggml was built for.
+// compiled for the CPU ggml was built for, except Q4_K on x86 CPUs with AVX-512 VNNI, which has
+// its own 512-bit path (gather_q4k: ggml's Q4_K kernel there is 256-bit AVX2).
 #pragma once
 
 #include <cstddef>
@@ -29,6 +30,7 @@ struct cpu_caps {
     bool avx2_fma = false;  // x86 AVX2 and FMA3
     bool avx512f  = false;  // x86 AVX-512 Foundation
     bool f16c     = false;  // x86 half <-> float conversions
+    bool avx512_vnni = false;  // x86 AVX-512 VNNI with BW and VL (int8 dot products, 512 bits)
     bool neon     = false;  // aarch64 ASIMD
     bool dotprod  = false;  // aarch64 SDOT/UDOT (reported only, see above)
     bool i8mm     = false;  // aarch64 SMMLA (reported only)
@@ -42,6 +44,8 @@ inline cpu_caps cpu_caps_detect() {
     c.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     c.avx512f  = __builtin_cpu_supports("avx512f");
     c.f16c     = c.avx2_fma;  // F16C predates AVX2 (Ivy Bridge): every AVX2 CPU has it
+    c.avx512_vnni = c.avx512f && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512vnni");
 #elif defined(__aarch64__)
     c.neon = true;
 #if defined(__linux__)
