@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <map>
+#include <string>
 #include <stdexcept>
 
 #include "ffn_layout.h"
@@ -11,6 +13,7 @@
 #include "kernels/down_axpy.h"
 #include "kernels/down_packed.h"
 #include "kernels/gather_matvec.h"
+#include "kernels/gather_q4_0.h"
 #include "kernels/gather_q4k.h"
 #include "kernels/stats.h"
 #include "masks.h"
@@ -359,8 +362,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("kernel_down", &kernel_down, py::arg("w"), py::arg("type"), py::arg("n_ff"), py::arg("n_embd"),
           py::arg("h"), py::arg("idx"), py::arg("reference") = false, py::arg("packed") = true);
     m.def("down_packed_path", &down_packed_path);
-    m.def("gather_q4k_path", [] { return kernel_path_best(gather_q4k_paths()).name; },
-          "The Q4_K gather path this CPU runs (\"scalar\": ggml's vec_dot is used instead)");
+    m.def("gather_fast_paths", [] {
+        return std::map<std::string, std::string>{{"q4_k", kernel_path_best(gather_q4k_paths()).name},
+                                                  {"q4_0", kernel_path_best(gather_q4_0_paths()).name}};
+    }, "The hand-written gather path this CPU runs per weight type (\"scalar\": ggml's vec_dot runs instead)");
     m.def("kernel_stats", &kernel_stats, py::arg("h"), py::arg("col_norm"));
 
     m.attr("SELECT_TOPK_DESC") = (int) SELECT_TOPK_DESC;

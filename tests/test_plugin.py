@@ -128,14 +128,16 @@ def test_two_contexts_do_not_share_masks(model_dir):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_fast_q4k_gather_matches_ggml_dot(model_dir, arch):
-    """Sparse decode with Q4_K up/gate: the fast gathered dot product (kernels/gather_q4k.h, where
-    this CPU has it) and ggml's own vec_dot give the same logits up to float summation order."""
+@pytest.mark.parametrize("ftype", ["q4_k", "q4_0"])
+def test_fast_gathers_match_ggml_dot(model_dir, arch, ftype):
+    """Sparse decode with Q4_K / Q4_0 up/gate: the hand-written gathered dot products
+    (kernels/gather_q4k.h, gather_q4_0.h, where this CPU has them) and ggml's own vec_dot give the
+    same logits up to float summation order."""
     from glass_edge import _core
 
-    if _core.gather_q4k_path() == "scalar":
-        pytest.skip("this CPU has no fast Q4_K gather (AVX-512 VNNI): ggml's vec_dot runs either way")
-    path = tiny(model_dir, arch, "q4_k")
+    if _core.gather_fast_paths()[ftype] == "scalar":
+        pytest.skip("this CPU has no fast gather for this type (AVX-512 VNNI): ggml's vec_dot runs either way")
+    path = tiny(model_dir, arch, ftype)
     llm = glass(path, density=0.5)
     prompt = llm.tokenize(PROMPT.encode())
     runs = []

@@ -32,7 +32,7 @@ struct glass_context {
 
     // run the sparse kernels even for masks that keep every neuron (tests of the kernels)
     bool force_sparse_kernels = false;
-    // gather Q4_K rows with ggml's own dot product even where a faster path exists (tests)
+    // gather Q4_K / Q4_0 rows with ggml's own dot product even where a faster path exists (tests)
     bool force_ggml_dot = false;
 
     // counters, read by tests to prove which path ran

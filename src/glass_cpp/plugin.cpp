@@ -27,6 +27,7 @@
 #include "ggml-backend-impl.h"
 #include "ggml-cpu.h"
 #include "kernels/gather_matvec.h"
+#include "kernels/gather_q4_0.h"
 #include "kernels/gather_q4k.h"
 #include "kernels/stats.h"
 
@@ -159,6 +160,30 @@ ggml_backend_buffer_type g_buft = {
 // sparse ops: each runs as a ggml custom op (ith of nth threads) in the inner CPU backend
 // ---------------------------------------------------------------------------------------------
 
+// The hand-written gathered dot product for a weight, where this CPU has one (kernels/gather_q4k.h,
+// gather_q4_0.h): x is converted by ggml as usual, then regrouped for the kernel.
+struct fast_gather {
+    gather_q4k_fn run = nullptr;                            // null: ggml's vec_dot (gather_matvec)
+    void (*regroup_x)(const void * xq, void * xr, int64_t n) = nullptr;
+    size_t x_row_bytes = 0;                                 // regrouped x, per token
+};
+
+static fast_gather fast_gather_for(const ggml_tensor * w, bool allowed) {
+    fast_gather f;
+    const int64_t n = w->ne[0];
+    if (!allowed) {
+        return f;
+    }
+    if (w->type == GGML_TYPE_Q4_K && n % Q4K_BLOCK == 0 && (f.run = gather_q4k_fast())) {
+        f.regroup_x = q8k_reorder;
+        f.x_row_bytes = (size_t) (n / Q4K_BLOCK) * Q8K_BLOCK_BYTES;
+    } else if (w->type == GGML_TYPE_Q4_0 && n % Q4_0_GROUP == 0 && (f.run = gather_q4_0_fast())) {
+        f.regroup_x = q4_0_reorder_x;
+        f.x_row_bytes = q4_0_x_bytes(n);
+    }
+    return f;
+}
+
 struct op_job {
     glass_context * g = nullptr;
     const ffn_layer * layer = nullptr;
@@ -170,7 +195,8 @@ struct op_job {
     const int32_t * idx = nullptr;    // selected rows / neurons, ascending
     int64_t k = 0;
     row_dot rd = {};
-    gather_q4k_fn q4k = nullptr;      // Q4_K with the CPU's fast path (kernels/gather_q4k.h)
+    fast_gather fast;                 // a hand-written kernel for this weight, if any
+    size_t x_stride = 0;              // bytes per token row of xq
     uint8_t * xq = nullptr;           // x converted for the dot product, one row per token
     float * inv_act = nullptr;        // per-token inverse norms (statistics)
     float * inv_imp = nullptr;
@@ -188,13 +214,13 @@ static float * row_f32(ggml_tensor * t, int64_t r) {
 // up/gate, step 1: convert x for the dot products, and zero the output (unselected rows stay 0)
 static void op_convert_x(ggml_tensor *, int ith, int nth, void * ud) {
     const op_job & j = *(const op_job *) ud;
-    thread_local std::vector<uint8_t> q8k;
+    thread_local std::vector<uint8_t> ggml_x;
     for (int64_t t = ith; t < j.x->ne[1]; t += nth) {
-        uint8_t * xq = j.xq + t * j.rd.x_row_bytes;
-        if (j.q4k) {  // ggml's Q8_K, then its values in the order the fast Q4_K path loads them
-            q8k.resize(j.rd.x_row_bytes);
-            row_dot_convert_x(j.rd, row_f32(j.x, t), q8k.data());
-            q8k_reorder(q8k.data(), xq, j.rd.n);
+        uint8_t * xq = j.xq + t * j.x_stride;
+        if (j.fast.run) {  // ggml's conversion, then regrouped the way the fast kernel loads it
+            ggml_x.resize(j.rd.x_row_bytes);
+            row_dot_convert_x(j.rd, row_f32(j.x, t), ggml_x.data());
+            j.fast.regroup_x(ggml_x.data(), xq, j.rd.n);
         } else {
             row_dot_convert_x(j.rd, row_f32(j.x, t), xq);
         }
@@ -208,9 +234,9 @@ static void op_gather(ggml_tensor *, int ith, int nth, void * ud) {
     const int64_t i0 = j.k * ith / nth;
     const int64_t i1 = j.k * (ith + 1) / nth;
     for (int64_t t = 0; t < j.x->ne[1]; ++t) {
-        const uint8_t * xq = j.xq + t * j.rd.x_row_bytes;
-        if (j.q4k) {
-            j.q4k(j.w_plain, j.w->nb[1], j.idx + i0, i1 - i0, xq, j.rd.n, row_f32(j.out, t));
+        const uint8_t * xq = j.xq + t * j.x_stride;
+        if (j.fast.run) {
+            j.fast.run(j.w_plain, j.w->nb[1], j.idx + i0, i1 - i0, xq, j.rd.n, row_f32(j.out, t));
         } else {
             gather_matvec(j.rd, j.w_plain, j.w->nb[1], j.idx + i0, i1 - i0, xq, row_f32(j.out, t));
         }
@@ -347,7 +373,8 @@ static void scratch_reserve(backend_ctx * bc, ggml_cgraph * cgraph) {
         }
         const ggml_tensor * w = node->src[0];
         const row_dot rd = row_dot_for(w->type, w->ne[0]);
-        xq_bytes = std::max(xq_bytes, rd.x_row_bytes * (size_t) node->src[1]->ne[1]);
+        const size_t row_bytes = std::max(rd.x_row_bytes, fast_gather_for(w, true).x_row_bytes);
+        xq_bytes = std::max(xq_bytes, row_bytes * (size_t) node->src[1]->ne[1]);
         n_tok_max = std::max(n_tok_max, (size_t) node->src[1]->ne[1]);
     }
     if (bc->xq.size() < xq_bytes) {
@@ -419,7 +446,8 @@ static ggml_status graph_compute_split(backend_ctx * bc, glass_context * g, ggml
             add_custom(bc, graph, op_down, job, node, node->data);
         } else {
             job.rd = row_dot_for(job.w->type, job.w->ne[0]);
-            job.q4k = job.w->type == GGML_TYPE_Q4_K && !g->force_ggml_dot ? gather_q4k_fast() : nullptr;
+            job.fast = fast_gather_for(job.w, !g->force_ggml_dot);
+            job.x_stride = job.fast.run ? job.fast.x_row_bytes : job.rd.x_row_bytes;
             job.xq = bc->xq.data();
             add_custom(bc, graph, op_convert_x, job, node, bc->xq.data());
             add_custom(bc, graph, op_gather, job, node, node->data);

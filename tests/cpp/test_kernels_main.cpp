@@ -17,6 +17,7 @@
 #include "ggml-cpu.h"
 #include "kernels/down_axpy.h"
 #include "kernels/down_packed.h"
+#include "kernels/gather_q4_0.h"
 #include "kernels/gather_q4k.h"
 #include "kernels/stats.h"
 #include "test_util.h"
@@ -72,12 +73,13 @@ int main(int argc, char ** argv) {
     list_paths("down_packed", glass::down_packed_paths(), compiled);
     list_paths("stats", glass::stats_paths(), compiled);
     list_paths("gather_q4k", glass::gather_q4k_paths(), compiled);
+    list_paths("gather_q4_0", glass::gather_q4_0_paths(), compiled);
 
     for (const auto & [family, run] : {std::pair<const char *, void (*)()>{"down_axpy", test_down_axpy},
                                        {"down_packed", test_down_packed},
                                        {"stats", test_stats},
                                        {"gather_matvec", test_gather_matvec},
-                                       {"gather_q4k", test_gather_q4k}}) {
+                                       {"gather_fast", test_gather_fast}}) {
         const auto t0 = std::chrono::steady_clock::now();
         const tally_t before = tally();
         run();

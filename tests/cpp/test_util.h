@@ -126,6 +126,6 @@ struct rng {
 void test_down_axpy();
 void test_stats();
 void test_gather_matvec();
-void test_gather_q4k();
+void test_gather_fast();
 
 }  // namespace ktest
