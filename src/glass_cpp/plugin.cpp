@@ -174,14 +174,16 @@ static fast_gather fast_gather_for(const ggml_tensor * w, bool allowed) {
     if (!allowed) {
         return f;
     }
-    if (w->type == GGML_TYPE_Q4_K && n % Q4K_BLOCK == 0 && (f.run = gather_q4k_fast())) {
-        f.regroup_x = q8k_reorder;
+    if (w->type == GGML_TYPE_Q4_K && n % Q4K_BLOCK == 0) {
+        f.run = gather_q4k_fast();
+        f.regroup_x = q4k_regroup_x;
         f.x_row_bytes = (size_t) (n / Q4K_BLOCK) * Q8K_BLOCK_BYTES;
-    } else if (w->type == GGML_TYPE_Q4_0 && n % Q4_0_GROUP == 0 && (f.run = gather_q4_0_fast())) {
-        f.regroup_x = q4_0_reorder_x;
+    } else if (w->type == GGML_TYPE_Q4_0 && n % Q4_0_GROUP == 0) {
+        f.run = gather_q4_0_fast();
+        f.regroup_x = q4_0_regroup_x;
         f.x_row_bytes = q4_0_x_bytes(n);
     }
-    return f;
+    return f.run ? f : fast_gather{};
 }
 
 struct op_job {

@@ -136,8 +136,8 @@ void test_gather_fast() {
     expect_path_list("gather_q4_0", glass::gather_q4_0_paths(), (glass::gather_q4_0_fn) glass::gather_q4_0_ref,
                      glass::kernel_path_best(glass::gather_q4_0_paths()).name);
     rng r(4242);
-    check_family({"gather_q4k", GGML_TYPE_Q4_K, glass::q8k_reorder, q8k_bytes, glass::gather_q4k_paths()}, r);
-    check_family({"gather_q4_0", GGML_TYPE_Q4_0, glass::q4_0_reorder_x, glass::q4_0_x_bytes, glass::gather_q4_0_paths()}, r);
+    check_family({"gather_q4k", GGML_TYPE_Q4_K, glass::q4k_regroup_x, q8k_bytes, glass::gather_q4k_paths()}, r);
+    check_family({"gather_q4_0", GGML_TYPE_Q4_0, glass::q4_0_regroup_x, glass::q4_0_x_bytes, glass::gather_q4_0_paths()}, r);
 }
 
 }  // namespace ktest

@@ -25,7 +25,7 @@ struct q4_0_xgroup {
 };
 static_assert(sizeof(q4_0_xgroup) == Q4_0_X_GROUP_BYTES, "regrouped x layout");
 
-void q4_0_reorder_x(const void * xq, void * xr, int64_t n) {
+void q4_0_regroup_x(const void * xq, void * xr, int64_t n) {
     const uint8_t * src = (const uint8_t *) xq;
     q4_0_xgroup * dst = (q4_0_xgroup *) xr;
     for (int64_t b = 0; b < n / 32; ++b) {

@@ -5,7 +5,7 @@
 //
 // Q4_0 block (18 bytes): fp16 d, 16 bytes of codes (byte i: value i in the low nibble, value 16+i
 // in the high); w = d * (q - 8). x is quantized to Q8_0 by ggml (fp16 d, 32 int8) and then
-// regrouped by q4_0_reorder_x, four blocks (128 values) at a time, into
+// regrouped by q4_0_regroup_x, four blocks (128 values) at a time, into
 //     int8 lo[64]     values 0-15 of blocks 0..3, 16 each
 //     int8 hi[64]     values 16-31 of blocks 0..3
 //     float d[4]      the blocks' scales
@@ -32,9 +32,9 @@ constexpr size_t Q4_0_X_GROUP_BYTES = 160;  // one regrouped x group
 inline size_t q4_0_x_bytes(int64_t n) { return (size_t) (n / Q4_0_GROUP) * Q4_0_X_GROUP_BYTES; }
 
 // x (ggml Q8_0, n values, n a multiple of 128) -> the groups above (xr: q4_0_x_bytes(n)).
-void q4_0_reorder_x(const void * xq, void * xr, int64_t n);
+void q4_0_regroup_x(const void * xq, void * xr, int64_t n);
 
-// out[rows[i]] = dot(W row rows[i], x) for i < n_rows; xr from q4_0_reorder_x. Scalar reference.
+// out[rows[i]] = dot(W row rows[i], x) for i < n_rows; xr from q4_0_regroup_x. Scalar reference.
 void gather_q4_0_ref(const void * w, size_t w_row_stride, const int32_t * rows, int64_t n_rows,
                      const void * xr, int64_t n, float * out);
 

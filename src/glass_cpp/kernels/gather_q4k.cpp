@@ -37,22 +37,22 @@ struct q8k_block {
 };
 static_assert(sizeof(q8k_block) == Q8K_BLOCK_BYTES, "Q8_K block layout");
 
-// Where value v of a block sits after q8k_reorder (see gather_q4k.h).
-static inline int reordered_pos(int v) {
+// Where value v of a block sits after q4k_regroup_x (see gather_q4k.h).
+static inline int regrouped_pos(int v) {
     const int half = v / 128, in_half = v % 128;       // codes bytes [0, 64) or [64, 128)
     const int chunk = in_half / 64, in_chunk = in_half % 64;  // 64-value chunk of the codes
     const int nibble_hi = in_chunk / 32;               // low nibbles first 32, high next 32
     return half * 128 + nibble_hi * 64 + chunk * 32 + in_chunk % 32;
 }
 
-void q8k_reorder(const void * xq, void * xr, int64_t n) {
+void q4k_regroup_x(const void * xq, void * xr, int64_t n) {
     const q8k_block * src = (const q8k_block *) xq;
     q8k_block * dst = (q8k_block *) xr;
     for (int64_t b = 0; b < n / Q4K_BLOCK; ++b) {
         dst[b].d = src[b].d;
         memcpy(dst[b].bsums, src[b].bsums, sizeof(src[b].bsums));
         for (int c = 0; c < Q4K_BLOCK; c += 32) {  // runs of 32 stay together
-            memcpy(dst[b].qs + reordered_pos(c), src[b].qs + c, 32);
+            memcpy(dst[b].qs + regrouped_pos(c), src[b].qs + c, 32);
         }
     }
 }
@@ -88,7 +88,7 @@ static float dot_q4k_ref(const q4k_block * w, const q8k_block * x, int64_t nb) {
             const int chunk = v / 64, sub = v / 32;
             const uint8_t byte = w[b].qs[32 * chunk + v % 32];
             const int q = (sub % 2 == 0) ? (byte & 0xf) : (byte >> 4);
-            sumi += sc[sub] * q * x[b].qs[reordered_pos(v)];
+            sumi += sc[sub] * q * x[b].qs[regrouped_pos(v)];
         }
         for (int i = 0; i < 8; ++i) {
             summ += m[i] * (x[b].bsums[2 * i] + x[b].bsums[2 * i + 1]);

@@ -9,7 +9,7 @@
 // Same inputs as ggml: Q4_K weight rows (blocks of 256: fp16 d and dmin, twelve bytes of 6-bit
 // sub-block scales and mins, 128 bytes of 4-bit codes) and x quantized to Q8_K by ggml
 // (quantize_row_q8_K: float d, 256 int8, 16 sums of 16). One step more: x's int8 values are
-// reordered per block (q8k_reorder) so that a 64-byte load of x lines up with the low or high
+// regrouped per block (q4k_regroup_x) so that a 64-byte load of x lines up with the low or high
 // nibbles of a 64-byte load of codes:
 //   codes bytes [0, 64):   low nibbles = values 0-31 and 64-95,    high = 32-63 and 96-127
 //   codes bytes [64, 128): low nibbles = values 128-159, 192-223,  high = 160-191, 224-255
@@ -31,9 +31,9 @@ constexpr size_t Q4K_BLOCK_BYTES = 144;  // sizeof(block_q4_K)
 constexpr size_t Q8K_BLOCK_BYTES = 292;  // sizeof(block_q8_K)
 
 // x (ggml Q8_K, n values) -> the same blocks with their int8 values in the order above.
-void q8k_reorder(const void * xq, void * xr, int64_t n);
+void q4k_regroup_x(const void * xq, void * xr, int64_t n);
 
-// out[rows[i]] = dot(W row rows[i], x) for i < n_rows; xr from q8k_reorder. Scalar reference.
+// out[rows[i]] = dot(W row rows[i], x) for i < n_rows; xr from q4k_regroup_x. Scalar reference.
 void gather_q4k_ref(const void * w, size_t w_row_stride, const int32_t * rows, int64_t n_rows,
                     const void * xr, int64_t n, float * out);
 
