@@ -253,3 +253,26 @@ def test_bench_corrupt_model(tmp_path, tiny_q4km):
     junk.write_bytes(b"not a model" * 100)
     for path in (trunc, junk):
         one_line_error(cli("bench", str(path), "-r", "1", "-n", "4", "--no-rss"), "error")
+
+
+def test_time_ideal_and_its_table():
+    """The time-based ideal from a density-1.0 row, by hand; a row without FFN time prints dashes."""
+    from glass_edge.bench import _time_ideal, markdown_report
+
+    rows = [{"density": 0.25, "speedup": 1.5, "ffn_ms": 12.0}, {"density": 0.5, "speedup": 1.2, "ffn_ms": 0.0},
+            {"density": 1.0, "speedup": 1.0, "ffn_ms": 40.0}]
+    res = {"dense_tg": 1000 / 70.0}  # 70 ms per token, 40 of them in the FFN
+    _time_ideal(res, rows)
+    assert res["ffn_ms_dense"] == 40.0
+    assert rows[0]["ffn_efficiency"] == pytest.approx(0.25 * 40 / 12)
+    assert rows[0]["ideal_time"] == pytest.approx(70 / (30 + 10))
+    assert rows[0]["efficiency_time"] == pytest.approx(1.5 / (70 / 40))
+    assert rows[1]["ffn_efficiency"] is None and rows[1]["ideal_time"] is None
+    for r, tg in zip(rows, (21.0, 17.0, 14.3)):
+        r.update(tg=tg, tg_std=0.1, ideal=1.0, efficiency=1.0, mask_ms=1.0, glass_pp=10.0, glass_pp_std=0.1,
+                 ttft_ms=5.0, other_ms=30.0)
+    res.update(model_desc="m", model_size_mib=1.0, n_params=1e9, method="griffin", threads=2, n_prompt=8, n_gen=8,
+               dense_pp=10.0, dense_pp_std=0.1, dense_ttft_ms=5.0, dense_tg_std=0.1, glass_ttft_ms=5.0,
+               ttft_overhead=0.0, rows=rows, bytes_per_token={"total": 2**20, "ffn": 2**19, "ffn_fraction": 0.5})
+    table = markdown_report(res)
+    assert "|    0.25 |" in table.split("FFN ms/token")[1] and "—" in table and "1.75" in table

@@ -418,8 +418,11 @@ def markdown_report(res: dict) -> str:
     out.append(_table(["", "stock", "glass-edge", "glass / stock"], ["l", "r", "r", "r"], summary))
 
     if res.get("ffn_ms_dense") is not None:
-        split = [[f"{r['density']:.2f}", f"{r['ffn_ms']:.1f}", f"{r['other_ms']:.1f}", f"{r['ffn_efficiency']:.2f}",
-                  f"{r['ideal_time']:.2f}", f"{r['efficiency_time']:.2f}"] for r in res["rows"]]
+        def num(v):
+            return "—" if v is None else f"{v:.2f}"
+
+        split = [[f"{r['density']:.2f}", f"{r['ffn_ms']:.1f}", f"{r['other_ms']:.1f}", num(r["ffn_efficiency"]),
+                  num(r["ideal_time"]), num(r["efficiency_time"])] for r in res["rows"]]
         out.append(_table(["density", "FFN ms/token", "rest ms/token", "FFN speed × stock's", "time-ideal",
                            "eff. (time)"], ["r"] * 6, split))
     return "\n\n".join(out) + "\n"
