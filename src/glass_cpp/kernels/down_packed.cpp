@@ -5,6 +5,7 @@
 // accumulator, and how to apply a group's scales to the output. Every path adds the same terms
 // in the same order as the reference.
 #include "down_packed.h"
+#include "prefetch.h"
 
 #include <cstring>
 
@@ -61,13 +62,6 @@ struct scale_rows {
 // on memory latency at each row start (measured: +25-30% gathered bandwidth on one core).
 constexpr int64_t PREFETCH_AHEAD = 2;
 
-// Locality 3 (all cache levels): the non-temporal hint halved scattered-row read bandwidth on
-// x86 (docs/perf.md).
-static inline void prefetch_bytes(const uint8_t * p, size_t n) {
-    for (size_t off = 0; off < n; off += 64) {
-        __builtin_prefetch(p + off, 0, 3);
-    }
-}
 
 // P provides: template <bool FIRST> static void add_block(pk_codes, const uint8_t * q, float s, float * acc)
 //             static void flush(const scale_rows & r, const float * acc, float zh, float hsum,
@@ -86,7 +80,7 @@ static void run_path(const packed_view & w, const int32_t * idx, int64_t k, cons
         bool any = false;
         for (; i < k && idx[i] / w.group == g; ++i) {
             if (i + PREFETCH_AHEAD < k) {
-                prefetch_bytes(w.codes + idx[i + PREFETCH_AHEAD] * row_bytes + blk0 * bb, range_bytes);
+                prefetch_range(w.codes + idx[i + PREFETCH_AHEAD] * row_bytes + blk0 * bb, range_bytes);
             }
             const float s = h[idx[i]];
             if (s == 0.0f) {

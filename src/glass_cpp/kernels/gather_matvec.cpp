@@ -1,5 +1,6 @@
 // gather_matvec: row-gathered matrix-vector product through ggml's CPU dot products.
 #include "gather_matvec.h"
+#include "prefetch.h"
 
 #include <cstring>
 
@@ -44,13 +45,8 @@ void gather_matvec(const row_dot & rd, const void * w, size_t w_row_stride,
         const int64_t r = rows[i];
         if (i + GATHER_PREFETCH_AHEAD < n_rows) {
             // scattered rows stall on memory latency at each row start; asking for the row two
-            // ahead now measured +25-30% gathered bandwidth on one core (Q4_K, 1 KB rows).
-            // Locality 3 (all cache levels), not the non-temporal hint: on x86 the NTA prefetch
-            // halved scattered-row read bandwidth (10-14 vs 23-27 GB/s, 2 threads, docs/perf.md)
-            const char * ahead = base + rows[i + GATHER_PREFETCH_AHEAD] * w_row_stride;
-            for (size_t off = 0; off < row_bytes; off += 64) {
-                __builtin_prefetch(ahead + off, 0, 3);
-            }
+            // ahead now measured +25-30% gathered bandwidth on one core (Q4_K, 1 KB rows)
+            prefetch_range(base + rows[i + GATHER_PREFETCH_AHEAD] * w_row_stride, row_bytes);
         }
         dot((int) rd.n, out + r, 0, base + r * w_row_stride, 0, xq, 0, 1);
     }

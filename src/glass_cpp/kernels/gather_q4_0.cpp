@@ -1,5 +1,6 @@
 // gather_q4_0: scalar reference and AVX-512 VNNI path of the gathered Q4_0 x Q8_0 dot products.
 #include "gather_q4_0.h"
+#include "prefetch.h"
 
 #include <cstring>
 
@@ -92,10 +93,7 @@ Q4_0_VNNI_TARGET static float dot_q4_0_vnni(const uint8_t * w, const q4_0_xgroup
     for (int64_t g = 0; g < n_groups; ++g) {
         const uint8_t * blk = w + g * Q4_0_W_GROUP_BYTES;
         if (ahead) {
-            const size_t first = (size_t) g * Q4_0_W_GROUP_BYTES;
-            for (size_t line = first / 64; line <= (first + Q4_0_W_GROUP_BYTES - 1) / 64; ++line) {
-                __builtin_prefetch(ahead + 64 * line, 0, 3);  // all cache levels (gather_matvec.cpp)
-            }
+            prefetch_range(ahead + g * Q4_0_W_GROUP_BYTES, Q4_0_W_GROUP_BYTES);
         }
         // the four blocks' codes side by side, then their low and high nibbles
         __m512i c = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *) (blk + 2)));

@@ -1,5 +1,6 @@
 // gather_q4k: scalar reference and AVX-512 VNNI path of the gathered Q4_K x Q8_K dot products.
 #include "gather_q4k.h"
+#include "prefetch.h"
 
 #include <cstring>
 
@@ -126,10 +127,7 @@ Q4K_VNNI_TARGET static float dot_q4k_vnni(const q4k_block * w, const q8k_block *
     __m256 accm = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         if (ahead) {
-            const size_t first = (size_t) b * Q4K_BLOCK_BYTES;
-            for (size_t line = first / 64; line <= (first + Q4K_BLOCK_BYTES - 1) / 64; ++line) {
-                __builtin_prefetch(ahead + 64 * line, 0, 3);  // all cache levels (gather_matvec.cpp)
-            }
+            prefetch_range(ahead + b * Q4K_BLOCK_BYTES, Q4K_BLOCK_BYTES);
         }
         const float dx = x[b].d;
         const float dd = _cvtsh_ss(w[b].d) * dx, dm = _cvtsh_ss(w[b].dmin) * dx;
