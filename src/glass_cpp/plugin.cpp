@@ -163,7 +163,7 @@ ggml_backend_buffer_type g_buft = {
 // The hand-written gathered dot product for a weight, where this CPU has one (kernels/gather_q4k.h,
 // gather_q4_0.h): x is converted by ggml as usual, then regrouped for the kernel.
 struct fast_gather {
-    gather_q4k_fn run = nullptr;                            // null: ggml's vec_dot (gather_matvec)
+    gather_rows_fn run = nullptr;                           // null: ggml's vec_dot (gather_matvec)
     void (*regroup_x)(const void * xq, void * xr, int64_t n) = nullptr;
     size_t x_row_bytes = 0;                                 // regrouped x, per token
 };
@@ -175,11 +175,11 @@ static fast_gather fast_gather_for(const ggml_tensor * w, bool allowed) {
         return f;
     }
     if (w->type == GGML_TYPE_Q4_K && n % Q4K_BLOCK == 0) {
-        f.run = gather_q4k_fast();
+        f.run = kernel_path_fast(gather_q4k_paths());
         f.regroup_x = q4k_regroup_x;
         f.x_row_bytes = (size_t) (n / Q4K_BLOCK) * Q8K_BLOCK_BYTES;
     } else if (w->type == GGML_TYPE_Q4_0 && n % Q4_0_GROUP == 0) {
-        f.run = gather_q4_0_fast();
+        f.run = kernel_path_fast(gather_q4_0_paths());
         f.regroup_x = q4_0_regroup_x;
         f.x_row_bytes = q4_0_x_bytes(n);
     }

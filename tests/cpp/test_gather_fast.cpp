@@ -28,7 +28,7 @@ struct family {
     ggml_type type;
     void (*regroup_x)(const void * xq, void * xr, int64_t n);
     size_t (*x_bytes)(int64_t n);
-    const std::vector<glass::kernel_path<glass::gather_q4k_fn>> & paths;
+    const std::vector<glass::kernel_path<glass::gather_rows_fn>> & paths;
 };
 
 // x^ = ggml's quantized x decoded (Q8_K: f32 d, int8[256], int16 sums; Q8_0: f16 d, int8[32])
@@ -131,9 +131,9 @@ void test_gather_fast() {
     expect(ggml_row_size(GGML_TYPE_Q4_K, 256) == glass::Q4K_BLOCK_BYTES, "Q4_K block is not 144 bytes");
     expect(ggml_row_size(GGML_TYPE_Q4_0, 32) == glass::Q4_0_BLOCK_BYTES, "Q4_0 block is not 18 bytes");
     expect(ggml_row_size(GGML_TYPE_Q8_0, 32) == glass::Q8_0_BLOCK_BYTES, "Q8_0 block is not 34 bytes");
-    expect_path_list("gather_q4k", glass::gather_q4k_paths(), (glass::gather_q4k_fn) glass::gather_q4k_ref,
+    expect_path_list("gather_q4k", glass::gather_q4k_paths(), (glass::gather_rows_fn) glass::gather_q4k_ref,
                      glass::kernel_path_best(glass::gather_q4k_paths()).name);
-    expect_path_list("gather_q4_0", glass::gather_q4_0_paths(), (glass::gather_q4_0_fn) glass::gather_q4_0_ref,
+    expect_path_list("gather_q4_0", glass::gather_q4_0_paths(), (glass::gather_rows_fn) glass::gather_q4_0_ref,
                      glass::kernel_path_best(glass::gather_q4_0_paths()).name);
     rng r(4242);
     check_family({"gather_q4k", GGML_TYPE_Q4_K, glass::q4k_regroup_x, q8k_bytes, glass::gather_q4k_paths()}, r);

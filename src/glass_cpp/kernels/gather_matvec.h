@@ -33,4 +33,9 @@ void row_dot_convert_x(const row_dot & rd, const float * x, void * xq);
 void gather_matvec(const row_dot & rd, const void * w, size_t w_row_stride,
                    const int32_t * rows, int64_t n_rows, const void * xq, float * out);
 
+// The hand-written gathers for single types (gather_q4k.h, gather_q4_0.h): the same product for
+// the rows of one weight type, x already in the layout that kernel reads (xr, n values).
+using gather_rows_fn = void (*)(const void * w, size_t w_row_stride, const int32_t * rows, int64_t n_rows,
+                                const void * xr, int64_t n, float * out);
+
 }  // namespace glass

@@ -129,13 +129,13 @@ Q4_0_VNNI_TARGET static void gather_q4_0_vnni(const void * w, size_t w_row_strid
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// the path list and the dispatch
+// the path list
 // ---------------------------------------------------------------------------------------------
 
-const std::vector<kernel_path<gather_q4_0_fn>> & gather_q4_0_paths() {
-    static const std::vector<kernel_path<gather_q4_0_fn>> paths = [] {
+const std::vector<kernel_path<gather_rows_fn>> & gather_q4_0_paths() {
+    static const std::vector<kernel_path<gather_rows_fn>> paths = [] {
         const cpu_caps & cpu = cpu_caps_get();
-        std::vector<kernel_path<gather_q4_0_fn>> p = {{"scalar", gather_q4_0_ref, true}};
+        std::vector<kernel_path<gather_rows_fn>> p = {{"scalar", gather_q4_0_ref, true}};
 #if defined(GLASS_Q4_0_X86)
         p.push_back({"avx512vnni", gather_q4_0_vnni, cpu.avx512_vnni && cpu.avx2_fma && cpu.f16c});
 #endif
@@ -143,11 +143,6 @@ const std::vector<kernel_path<gather_q4_0_fn>> & gather_q4_0_paths() {
         return p;
     }();
     return paths;
-}
-
-gather_q4_0_fn gather_q4_0_fast() {
-    const auto & best = kernel_path_best(gather_q4_0_paths());
-    return &best == &gather_q4_0_paths().front() ? nullptr : best.fns;
 }
 
 }  // namespace glass

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "gather_matvec.h"
 #include "kernel_paths.h"
 
 namespace glass {
@@ -38,13 +39,8 @@ void q4_0_regroup_x(const void * xq, void * xr, int64_t n);
 void gather_q4_0_ref(const void * w, size_t w_row_stride, const int32_t * rows, int64_t n_rows,
                      const void * xr, int64_t n, float * out);
 
-using gather_q4_0_fn = void (*)(const void * w, size_t w_row_stride, const int32_t * rows, int64_t n_rows,
-                                const void * xr, int64_t n, float * out);
-
-// Every path compiled into this build, the scalar reference first and the best last.
-const std::vector<kernel_path<gather_q4_0_fn>> & gather_q4_0_paths();
-
-// The fast path, or null when this CPU has none (then gather_matvec, ggml's kernel, is as good).
-gather_q4_0_fn gather_q4_0_fast();
+// Every path compiled into this build, the scalar reference first and the best last. The plug-in
+// runs the best one (kernel_path_fast), or ggml's own dot product where only the reference runs.
+const std::vector<kernel_path<gather_rows_fn>> & gather_q4_0_paths();
 
 }  // namespace glass

@@ -178,13 +178,13 @@ Q4K_VNNI_TARGET static void gather_q4k_vnni(const void * w, size_t w_row_stride,
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// the path list and the dispatch
+// the path list
 // ---------------------------------------------------------------------------------------------
 
-const std::vector<kernel_path<gather_q4k_fn>> & gather_q4k_paths() {
-    static const std::vector<kernel_path<gather_q4k_fn>> paths = [] {
+const std::vector<kernel_path<gather_rows_fn>> & gather_q4k_paths() {
+    static const std::vector<kernel_path<gather_rows_fn>> paths = [] {
         const cpu_caps & cpu = cpu_caps_get();
-        std::vector<kernel_path<gather_q4k_fn>> p = {{"scalar", gather_q4k_ref, true}};
+        std::vector<kernel_path<gather_rows_fn>> p = {{"scalar", gather_q4k_ref, true}};
 #if defined(GLASS_Q4K_X86)
         p.push_back({"avx512vnni", gather_q4k_vnni, cpu.avx512_vnni && cpu.avx2_fma && cpu.f16c});
 #endif
@@ -192,11 +192,6 @@ const std::vector<kernel_path<gather_q4k_fn>> & gather_q4k_paths() {
         return p;
     }();
     return paths;
-}
-
-gather_q4k_fn gather_q4k_fast() {
-    const auto & best = kernel_path_best(gather_q4k_paths());
-    return &best == &gather_q4k_paths().front() ? nullptr : best.fns;
 }
 
 }  // namespace glass

@@ -83,4 +83,12 @@ const kernel_path<Fns> & kernel_path_best(const std::vector<kernel_path<Fns>> & 
     return paths.front();
 }
 
+// The best path's functions, or null when this CPU runs only the scalar reference: for families
+// whose caller has a fast fallback of its own (the gathers: ggml's dot products).
+template <class Fns>
+Fns kernel_path_fast(const std::vector<kernel_path<Fns>> & paths) {
+    const kernel_path<Fns> & best = kernel_path_best(paths);
+    return &best == &paths.front() ? nullptr : best.fns;
+}
+
 }  // namespace glass
