@@ -53,10 +53,8 @@ static py_model model_from_loaded() {
 // Weights without plain bytes yet (llama.cpp repacked them): [(name, file-independent size)].
 static py::list model_missing_plain(const py_model & pm) {
     py::list out;
-    for (const auto & kv : pm.m->roles) {
-        if (pm.m->layers[kv.second.first].plain[kv.second.second] == nullptr) {
-            out.append(py::make_tuple(std::string(kv.first->name), (size_t) ggml_nbytes(kv.first)));
-        }
+    for (const ggml_tensor * t : ffn_model_missing_plain(*pm.m)) {
+        out.append(py::make_tuple(std::string(t->name), (size_t) ggml_nbytes(t)));
     }
     return out;
 }

@@ -80,6 +80,16 @@ std::vector<ggml_tensor *> ffn_model_weights(const ffn_model & model) {
     return out;
 }
 
+std::vector<const ggml_tensor *> ffn_model_missing_plain(const ffn_model & model) {
+    std::vector<const ggml_tensor *> out;
+    for (const auto & kv : model.roles) {
+        if (model.layers[kv.second.first].plain[kv.second.second] == nullptr) {
+            out.push_back(kv.first);
+        }
+    }
+    return out;
+}
+
 // Drops the whole pages inside [p, p + n) of a read-only file mapping from this process (they are
 // read again from the page cache if ever touched).
 static void release_pages(const void * p, size_t n) {
@@ -95,10 +105,9 @@ std::string ffn_model_prepare(ffn_model & model, int n_threads) {
     if (model.prepared) {
         return "";
     }
-    for (const auto & kv : model.roles) {
-        if (model.layers[kv.second.first].plain[kv.second.second] == nullptr) {
-            return std::string("no plain bytes for ") + kv.first->name;
-        }
+    const std::vector<const ggml_tensor *> missing = ffn_model_missing_plain(model);
+    if (!missing.empty()) {
+        return std::string("no plain bytes for ") + missing.front()->name;
     }
     for (ffn_layer & L : model.layers) {
         for (ffn_role role : {FFN_UP, FFN_GATE}) {

@@ -9,9 +9,9 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
-#include "ggml-backend.h"
 #include <vector>
 
+#include "ggml-backend.h"
 #include "ggml.h"
 #include "ffn_layout.h"
 
@@ -52,6 +52,9 @@ std::string ffn_model_build(ffn_model & model, const std::vector<ggml_tensor *> 
 
 // Every weight of the table (for the device's list of weights it takes).
 std::vector<ggml_tensor *> ffn_model_weights(const ffn_model & model);
+
+// The weights whose plain bytes are not known yet (llama.cpp repacked them; the loader sets them).
+std::vector<const ggml_tensor *> ffn_model_missing_plain(const ffn_model & model);
 
 // Builds the down layouts (and column norms) of every layer, with n_threads threads. Returns an
 // error message, or "" (every weight must have its plain bytes by then).
